@@ -1,0 +1,127 @@
+//! Commands: what may be proposed to the replicated state, how proposals are
+//! batched into one Raft entry, and what applying each one produced.
+//!
+//! Every command is executed by the state machine of every replica, in log
+//! order, when the entry that carries it is applied; the leader stamps the
+//! entry's time. Stale or invalid commands are refused with an `Outcome`,
+//! never a panic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, RequestId};
+use crate::member::Member;
+use crate::time::Millis;
+
+/// Largest note key, in bytes.
+pub const MAX_NOTE_KEY: usize = 256;
+/// Largest note value, in bytes.
+pub const MAX_NOTE_VALUE: usize = 64 * 1024;
+
+/// A change to the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Command {
+    /// Add a coordinator to the member table, or replace its entry (address,
+    /// pins). Proposed by an administrator (`tern members add`) before the
+    /// node joins Raft, so that every peer pins it first. Bumps the epoch.
+    UpsertMember {
+        member: Member,
+        expect_epoch: Option<u64>,
+    },
+    /// Drop a coordinator from the member table after it left Raft's
+    /// membership; its thumbprints are no longer pinned. Bumps the epoch.
+    RemoveMember {
+        node_id: NodeId,
+        expect_epoch: Option<u64>,
+    },
+    /// An operator's annotation (key/value), shown by `tern notes`.
+    PutNote { key: String, value: String },
+}
+
+impl Command {
+    /// The command's name in audit records and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::UpsertMember { .. } => "upsert_member",
+            Command::RemoveMember { .. } => "remove_member",
+            Command::PutNote { .. } => "put_note",
+        }
+    }
+
+    /// Checks what can be checked without the state. A command that fails
+    /// here is refused by the API before it reaches Raft.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Command::UpsertMember { member, .. } => {
+                if member.address.is_empty() || !member.address.contains(':') {
+                    return Err(format!(
+                        "address must be host:port, got {:?}",
+                        member.address
+                    ));
+                }
+                if member.thumbprints.is_empty() {
+                    return Err("a member needs at least one pinned thumbprint".into());
+                }
+                Ok(())
+            }
+            Command::RemoveMember { .. } => Ok(()),
+            Command::PutNote { key, value } => {
+                if key.is_empty() || key.len() > MAX_NOTE_KEY {
+                    return Err(format!("note key must be 1-{MAX_NOTE_KEY} bytes"));
+                }
+                if value.len() > MAX_NOTE_VALUE {
+                    return Err(format!("note value must be at most {MAX_NOTE_VALUE} bytes"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One client's command with its idempotency key and author.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub request_id: RequestId,
+    /// Who asked (admin identity, `node:<id>`, or `tern`).
+    pub actor: String,
+    pub command: Command,
+}
+
+/// The payload of one Raft entry: many proposals, one leader-stamped time.
+/// Batching is what lets many small commands share one fsync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub at: Millis,
+    pub proposals: Vec<Proposal>,
+}
+
+/// What applying one proposal produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Applied; `epoch` is the replicated epoch afterwards.
+    Applied { epoch: u64, log_index: u64 },
+    /// This request id was applied before (a retry): nothing changed.
+    Duplicate { epoch: u64, log_index: u64 },
+    /// Refused; nothing changed.
+    Rejected { reason: Rejection },
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "rejection", rename_all = "snake_case")]
+pub enum Rejection {
+    #[error("stale: expected epoch {expected}, the cluster is at {actual}")]
+    StaleEpoch { expected: u64, actual: u64 },
+    #[error("invalid: {message}")]
+    Invalid { message: String },
+    #[error("conflict: {message}")]
+    Conflict { message: String },
+}
+
+/// The state machine's answer for one Raft entry: one outcome per proposal,
+/// in order. Membership and blank entries answer with no outcomes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub outcomes: Vec<Outcome>,
+}
