@@ -1,0 +1,476 @@
+//! The state-machine half of the store: the live `tern_core::ReplicatedState`
+//! (in memory, shared read-only with status handlers), its rows in
+//! `sm_rows`, its pointers (`last_applied`, `last_membership`) in `sm_meta`,
+//! and the current snapshot in `snapshot`.
+//!
+//! Each `apply` call is one transaction: the rows `take_dirty` names, and
+//! the new pointers, together. `install_snapshot` rewrites every row, the
+//! pointers and the stored snapshot in one transaction, then swaps the
+//! in-memory state. It must not interpret commands (the core's `apply`
+//! does) nor write the log's tables.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotId, StorageIOError};
+use sqlx::{Connection, SqliteConnection};
+use tern_core::{BatchResponse, ReplicatedState};
+use tokio::sync::watch;
+
+use super::codec::{
+    self, read_meta, write_meta, CodecError, MetaTable, KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP,
+};
+use super::db::Db;
+use super::StoreError;
+use crate::raft::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+/// openraft's state machine over `tern.db`. Clones share everything; the
+/// snapshot builder is such a clone.
+#[derive(Debug, Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    db: Arc<Db>,
+    /// The live state. Written only by `apply` and `install_snapshot`.
+    state: Arc<RwLock<ReplicatedState>>,
+    /// Updated only while `state`'s write lock is held, so a reader holding
+    /// `state`'s read lock sees pointers that match the state.
+    pointers: Mutex<Pointers>,
+    applied_tx: watch::Sender<Option<LogId>>,
+    /// Makes snapshot ids unique within this process.
+    snapshot_seq: AtomicU64,
+    /// Set when the in-memory state may be ahead of the file (a failed
+    /// apply transaction). Openraft stops the node on a storage error; this
+    /// keeps the store from building snapshots of unpersisted state meanwhile.
+    failed: AtomicBool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Pointers {
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+}
+
+/// One persisted row change: `(table, key, new value or delete)`.
+type RowChange = (&'static str, String, Option<String>);
+
+impl StateMachineStore {
+    /// Rebuilds the state from `sm_rows` and its pointers from `sm_meta`,
+    /// and checks the stored snapshot's meta decodes.
+    pub(crate) async fn load(db: Arc<Db>) -> Result<StateMachineStore, StoreError> {
+        let path = db.path().to_path_buf();
+        let fail = |what: &str, e: CodecError| match e {
+            CodecError::Sql(source) => StoreError::Read {
+                path: path.clone(),
+                what: what.to_string(),
+                source,
+            },
+            other => StoreError::Corrupt {
+                path: path.clone(),
+                what: what.to_string(),
+                source: Box::new(other),
+            },
+        };
+        let pool = db.readers();
+        let last_applied: Option<LogId> =
+            read_meta::<Option<LogId>, _>(pool, MetaTable::StateMachine, KEY_LAST_APPLIED)
+                .await
+                .map_err(|e| fail("the last applied log id", e))?
+                .flatten();
+        let last_membership: StoredMembership =
+            read_meta(pool, MetaTable::StateMachine, KEY_LAST_MEMBERSHIP)
+                .await
+                .map_err(|e| fail("the last applied membership", e))?
+                .unwrap_or_default();
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT tbl, key, val FROM sm_rows ORDER BY tbl, key")
+                .fetch_all(pool)
+                .await
+                .map_err(|e| fail("the state machine rows", CodecError::Sql(e)))?;
+        let state = ReplicatedState::from_rows(rows).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            what: "a state machine row (sm_rows)".into(),
+            source: Box::new(e),
+        })?;
+        let snap: Option<(String,)> = sqlx::query_as("SELECT meta FROM snapshot WHERE id = 1")
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| fail("the current snapshot", CodecError::Sql(e)))?;
+        if let Some((meta,)) = snap {
+            serde_json::from_str::<SnapshotMeta>(&meta).map_err(|source| {
+                fail(
+                    "the current snapshot",
+                    CodecError::Json {
+                        what: "snapshot.meta".into(),
+                        source,
+                    },
+                )
+            })?;
+        }
+
+        let (applied_tx, _) = watch::channel(last_applied);
+        Ok(StateMachineStore {
+            inner: Arc::new(Shared {
+                db,
+                state: Arc::new(RwLock::new(state)),
+                pointers: Mutex::new(Pointers {
+                    last_applied,
+                    last_membership,
+                }),
+                applied_tx,
+                snapshot_seq: AtomicU64::new(0),
+                failed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Shared read handle on the live replicated state (read by admin/status
+    /// handlers, never written outside apply/install).
+    ///
+    /// During an `apply` the in-memory state is updated just before its
+    /// transaction commits; `applied()` moves only after the commit, so a
+    /// reader that needs durable state waits on `applied()` first. Hold the
+    /// read lock briefly: `apply` waits for it.
+    pub fn state(&self) -> Arc<RwLock<ReplicatedState>> {
+        self.inner.state.clone()
+    }
+
+    /// Last applied log id, updated after every apply / snapshot install.
+    pub fn applied(&self) -> watch::Receiver<Option<LogId>> {
+        self.inner.applied_tx.subscribe()
+    }
+
+    fn check_healthy(&self) -> Result<(), SmError> {
+        if self.inner.failed.load(Ordering::Acquire) {
+            return Err(SmError::Failed);
+        }
+        Ok(())
+    }
+
+    fn pointers(&self) -> Result<Pointers, SmError> {
+        self.inner
+            .pointers
+            .lock()
+            .map(|p| p.clone())
+            .map_err(|_| SmError::Poisoned)
+    }
+
+    /// Applies entries to the in-memory state; returns the responses, the
+    /// row changes and the new pointers. Holds the state's write lock only
+    /// for the computation, never across an await.
+    fn apply_in_memory(
+        &self,
+        entries: &[Entry],
+    ) -> Result<(Vec<BatchResponse>, Vec<RowChange>, Pointers), SmError> {
+        let mut state = self.inner.state.write().map_err(|_| SmError::Poisoned)?;
+        let mut ptr = self.inner.pointers.lock().map_err(|_| SmError::Poisoned)?;
+        let mut responses = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let response = match &entry.payload {
+                EntryPayload::Blank => BatchResponse::default(),
+                EntryPayload::Normal(batch) => state.apply(entry.log_id.index, batch),
+                EntryPayload::Membership(m) => {
+                    ptr.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    BatchResponse::default()
+                }
+            };
+            ptr.last_applied = Some(entry.log_id);
+            responses.push(response);
+        }
+        let rows = state
+            .take_dirty()
+            .into_iter()
+            .map(|k| {
+                let val = state.row_value(&k);
+                (k.table(), k.key(), val)
+            })
+            .collect();
+        Ok((responses, rows, ptr.clone()))
+    }
+
+    /// Replaces the in-memory state and pointers (after the file has them).
+    fn swap_in(&self, state: ReplicatedState, pointers: Pointers) -> Result<(), SmError> {
+        let mut live = self.inner.state.write().map_err(|_| SmError::Poisoned)?;
+        let mut ptr = self.inner.pointers.lock().map_err(|_| SmError::Poisoned)?;
+        *live = state;
+        *ptr = pointers;
+        Ok(())
+    }
+
+    fn new_snapshot_id(&self, last: Option<LogId>) -> SnapshotId {
+        let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        match last {
+            Some(id) => format!("{}-{}-{ms}-{seq}", id.index, id.leader_id.term),
+            None => format!("none-{ms}-{seq}"),
+        }
+    }
+}
+
+/// Why the state machine refuses to go on; small, so that helpers can
+/// return it (openraft's `StorageError` is large), converted at the trait.
+#[derive(Debug, thiserror::Error)]
+enum SmError {
+    #[error("the replicated state's lock is poisoned (a panic while applying)")]
+    Poisoned,
+    #[error("an earlier state machine write failed; the node must restart")]
+    Failed,
+}
+
+impl From<SmError> for StorageError {
+    fn from(e: SmError) -> Self {
+        StorageIOError::write_state_machine(&e).into()
+    }
+}
+
+/// Writes the pointers into `sm_meta` (inside the caller's transaction).
+async fn write_pointers(conn: &mut SqliteConnection, p: &Pointers) -> Result<(), CodecError> {
+    write_meta(
+        &mut *conn,
+        MetaTable::StateMachine,
+        KEY_LAST_APPLIED,
+        &p.last_applied,
+    )
+    .await?;
+    write_meta(
+        &mut *conn,
+        MetaTable::StateMachine,
+        KEY_LAST_MEMBERSHIP,
+        &p.last_membership,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn upsert_row(
+    conn: &mut SqliteConnection,
+    tbl: &str,
+    key: &str,
+    val: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sm_rows (tbl, key, val) VALUES (?1, ?2, ?3) \
+         ON CONFLICT(tbl, key) DO UPDATE SET val = excluded.val",
+    )
+    .bind(tbl)
+    .bind(key)
+    .bind(val)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Stores `meta` + `data` as the current snapshot unless the stored one is
+/// newer (inside the caller's transaction). Returns whether it was stored.
+async fn store_snapshot(
+    conn: &mut SqliteConnection,
+    meta: &SnapshotMeta,
+    data: &[u8],
+    only_if_newer: bool,
+) -> Result<bool, CodecError> {
+    if only_if_newer {
+        let current: Option<(String,)> = sqlx::query_as("SELECT meta FROM snapshot WHERE id = 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some((text,)) = current {
+            let cur: SnapshotMeta =
+                serde_json::from_str(&text).map_err(|source| CodecError::Json {
+                    what: "snapshot.meta".into(),
+                    source,
+                })?;
+            if cur.last_log_id > meta.last_log_id {
+                return Ok(false);
+            }
+        }
+    }
+    let meta_json = codec::to_json(meta, "snapshot meta")?;
+    sqlx::query(
+        "INSERT OR REPLACE INTO snapshot (id, snapshot_id, meta, data) VALUES (1, ?1, ?2, ?3)",
+    )
+    .bind(meta.snapshot_id.as_str())
+    .bind(meta_json)
+    .bind(data)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    /// Clones the state and its pointers under the read lock, serializes
+    /// outside any lock, and stores the result as the current snapshot.
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        self.check_healthy()?;
+        let (state, ptr) = {
+            let state = self.inner.state.read().map_err(|_| SmError::Poisoned)?;
+            let ptr = self.pointers()?;
+            (state.clone(), ptr)
+        };
+        let meta = SnapshotMeta {
+            last_log_id: ptr.last_applied,
+            last_membership: ptr.last_membership,
+            snapshot_id: self.new_snapshot_id(ptr.last_applied),
+        };
+        let write_err = |e: &CodecError| StorageIOError::write_snapshot(Some(meta.signature()), e);
+        let data = codec::encode_snapshot(&meta, &state).map_err(|e| write_err(&e))?;
+        drop(state);
+
+        let stored = {
+            let mut conn = self.inner.db.writer().await;
+            let result: Result<bool, CodecError> = async {
+                let mut tx = conn.begin().await?;
+                let stored = store_snapshot(&mut tx, &meta, &data, true).await?;
+                tx.commit().await?;
+                Ok(stored)
+            }
+            .await;
+            result.map_err(|e| write_err(&e))?
+        };
+        if !stored {
+            tracing::info!(
+                snapshot_id = %meta.snapshot_id,
+                "a newer snapshot is already stored; not replacing it"
+            );
+        }
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(std::io::Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let p = self.pointers()?;
+        Ok((p.last_applied, p.last_membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok(Vec::new());
+        };
+        self.check_healthy()?;
+
+        // Take the writer first so the file sees applies in the order the
+        // memory does.
+        let mut conn = self.inner.db.writer().await;
+        let (responses, rows, ptr) = self.apply_in_memory(&entries)?;
+        let result: Result<(), CodecError> = async {
+            let mut tx = conn.begin().await?;
+            for (tbl, key, val) in &rows {
+                match val {
+                    Some(v) => upsert_row(&mut tx, tbl, key, v).await?,
+                    None => {
+                        sqlx::query("DELETE FROM sm_rows WHERE tbl = ?1 AND key = ?2")
+                            .bind(*tbl)
+                            .bind(key.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            write_pointers(&mut tx, &ptr).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        drop(conn);
+        if let Err(e) = result {
+            self.inner.failed.store(true, Ordering::Release);
+            return Err(StorageIOError::apply(last, &e).into());
+        }
+        self.inner.applied_tx.send_replace(ptr.last_applied);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<std::io::Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(std::io::Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<std::io::Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let err = |e: &CodecError| StorageIOError::write_snapshot(Some(meta.signature()), e);
+        let data = snapshot.into_inner();
+        let (inner_meta, state) = codec::decode_snapshot(&data).map_err(|e| err(&e))?;
+        if inner_meta.last_log_id != meta.last_log_id
+            || inner_meta.last_membership != meta.last_membership
+        {
+            let e = CodecError::Invalid(format!(
+                "snapshot data is for {inner_meta}, but it was sent as {meta}"
+            ));
+            return Err(err(&e).into());
+        }
+        let rows = state.all_rows();
+        let pointers = Pointers {
+            last_applied: meta.last_log_id,
+            last_membership: meta.last_membership.clone(),
+        };
+
+        let mut conn = self.inner.db.writer().await;
+        let result: Result<(), CodecError> = async {
+            let mut tx = conn.begin().await?;
+            sqlx::query("DELETE FROM sm_rows").execute(&mut *tx).await?;
+            for (key, val) in &rows {
+                upsert_row(&mut tx, key.table(), &key.key(), val).await?;
+            }
+            write_pointers(&mut tx, &pointers).await?;
+            store_snapshot(&mut tx, meta, &data, false).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            return Err(err(&e).into());
+        }
+        let applied = pointers.last_applied;
+        self.swap_in(state, pointers)?;
+        drop(conn);
+        // The state on disk is whole again: a failure before is superseded.
+        self.inner.failed.store(false, Ordering::Release);
+        self.inner.applied_tx.send_replace(applied);
+        tracing::info!(snapshot = %meta, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let row: Option<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT meta, data FROM snapshot WHERE id = 1")
+                .fetch_optional(self.inner.db.readers())
+                .await
+                .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let Some((meta, data)) = row else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta =
+            serde_json::from_str(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(std::io::Cursor::new(data)),
+        }))
+    }
+}
