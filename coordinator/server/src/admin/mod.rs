@@ -1,0 +1,343 @@
+//! The admin gRPC service: status, membership, notes and the audit trail.
+//! Every call needs an administrator certificate; writes go to the leader
+//! (forwarded from followers by `Coordinator::submit`). Conversions between
+//! generated protobuf types and core types live here and nowhere else.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tern_core::{
+    Command, Member, MemberRole as CoreRole, Outcome, Proposal, RequestId, Thumbprint,
+};
+use tern_proto::v1 as pb;
+use tern_proto::v1::admin_server::Admin;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::error::ApiError;
+use crate::node::Coordinator;
+use crate::ops::AdminOp;
+use crate::tls::{peer_identity, PeerRole};
+
+pub struct AdminService {
+    pub coord: Arc<Coordinator>,
+}
+
+/// The admin identity of the caller, as `admin:<name>`.
+fn require_admin<T>(req: &Request<T>) -> Result<String, Status> {
+    match peer_identity(req) {
+        Some(p) => match &p.role {
+            PeerRole::Admin { name } => Ok(format!("admin:{name}")),
+            PeerRole::Peer => Err(ApiError::PermissionDenied(format!(
+                "certificate {} is a coordinator certificate, not an administrator's",
+                p.thumbprint.short()
+            ))
+            .into()),
+        },
+        None => Err(Status::unauthenticated("no verified client certificate")),
+    }
+}
+
+fn request_id(s: &str) -> Result<RequestId, ApiError> {
+    if s.is_empty() {
+        return uuid::Uuid::new_v4()
+            .to_string()
+            .parse()
+            .map_err(|e| ApiError::Internal(format!("{e}")));
+    }
+    s.parse()
+        .map_err(|e| ApiError::Invalid(format!("request_id: {e}")))
+}
+
+fn first_outcome(reply: &crate::ops::OpReply) -> Result<(u64, bool), ApiError> {
+    match reply.outcomes.first() {
+        Some(Outcome::Applied { epoch, .. }) => Ok((*epoch, false)),
+        Some(Outcome::Duplicate { epoch, .. }) => Ok((*epoch, true)),
+        Some(Outcome::Rejected { reason }) => Err(ApiError::Rejected(reason.clone())),
+        None => Err(ApiError::Internal("no outcome for the proposal".into())),
+    }
+}
+
+fn role_from_pb(r: i32) -> Result<CoreRole, ApiError> {
+    match pb::MemberRole::try_from(r) {
+        Ok(pb::MemberRole::Region) | Ok(pb::MemberRole::Unspecified) => Ok(CoreRole::Region),
+        Ok(pb::MemberRole::Witness) => Ok(CoreRole::Witness),
+        Err(_) => Err(ApiError::Invalid(format!("role: unknown value {r}"))),
+    }
+}
+
+fn role_to_pb(r: CoreRole) -> pb::MemberRole {
+    match r {
+        CoreRole::Region => pb::MemberRole::Region,
+        CoreRole::Witness => pb::MemberRole::Witness,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    #[instrument(skip_all, name = "grpc.admin.status")]
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        require_admin(&req)?;
+        Ok(Response::new(status(&self.coord).await))
+    }
+
+    #[instrument(skip_all, name = "grpc.admin.add_member", fields(node_id = req.get_ref().node_id))]
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        let actor = require_admin(&req)?;
+        let r = req.into_inner();
+        let region = r
+            .region
+            .parse()
+            .map_err(|e| ApiError::Invalid(format!("region: {e}")))?;
+        let thumbprint: Thumbprint = r
+            .thumbprint
+            .parse()
+            .map_err(|e| ApiError::Invalid(format!("thumbprint: {e}")))?;
+        if r.node_id == 0 {
+            return Err(ApiError::Invalid("node_id: must be greater than 0".into()).into());
+        }
+        let member = Member {
+            node_id: r.node_id,
+            region,
+            role: role_from_pb(r.role)?,
+            address: r.address,
+            thumbprints: [thumbprint].into(),
+        };
+        Command::UpsertMember {
+            member: member.clone(),
+            expect_epoch: None,
+        }
+        .validate()
+        .map_err(ApiError::Invalid)?;
+        let op = AdminOp::AddMember {
+            member,
+            voter: r.voter,
+            request_id: request_id(&r.request_id)?,
+            actor,
+        };
+        let reply = self.coord.submit(op).await?;
+        let (epoch, _) = first_outcome(&reply)?;
+        Ok(Response::new(pb::AddMemberResponse {
+            epoch,
+            log_index: reply.log_index,
+        }))
+    }
+
+    #[instrument(skip_all, name = "grpc.admin.remove_member", fields(node_id = req.get_ref().node_id))]
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let actor = require_admin(&req)?;
+        let r = req.into_inner();
+        let op = AdminOp::RemoveMember {
+            node_id: r.node_id,
+            request_id: request_id(&r.request_id)?,
+            actor,
+        };
+        let reply = self.coord.submit(op).await?;
+        let (epoch, _) = first_outcome(&reply)?;
+        Ok(Response::new(pb::RemoveMemberResponse {
+            epoch,
+            log_index: reply.log_index,
+        }))
+    }
+
+    async fn put_note(
+        &self,
+        req: Request<pb::PutNoteRequest>,
+    ) -> Result<Response<pb::PutNoteResponse>, Status> {
+        let actor = require_admin(&req)?;
+        let r = req.into_inner();
+        let p = Proposal {
+            request_id: request_id(&r.request_id)?,
+            actor,
+            command: Command::PutNote {
+                key: r.key,
+                value: r.value,
+            },
+        };
+        p.command.validate().map_err(ApiError::Invalid)?;
+        let reply = self
+            .coord
+            .submit(AdminOp::Propose { proposals: vec![p] })
+            .await?;
+        let (_, duplicate) = first_outcome(&reply)?;
+        let log_index = match reply.outcomes.first() {
+            Some(Outcome::Duplicate { log_index, .. }) => *log_index,
+            _ => reply.log_index,
+        };
+        Ok(Response::new(pb::PutNoteResponse {
+            log_index,
+            duplicate,
+        }))
+    }
+
+    async fn list_notes(
+        &self,
+        req: Request<pb::ListNotesRequest>,
+    ) -> Result<Response<pb::ListNotesResponse>, Status> {
+        require_admin(&req)?;
+        let prefix = req.into_inner().prefix;
+        let notes = self.coord.read_state(|s| {
+            s.notes()
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, n)| pb::Note {
+                    key: k.clone(),
+                    value: n.value.clone(),
+                    actor: n.actor.clone(),
+                    at_ms: n.at.0,
+                    log_index: n.log_index,
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListNotesResponse { notes }))
+    }
+
+    async fn audit(
+        &self,
+        req: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
+        require_admin(&req)?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 {
+            100
+        } else {
+            r.limit.min(10_000)
+        } as usize;
+        let records = self.coord.read_state(|s| {
+            let matching: Vec<_> = s
+                .audit()
+                .iter()
+                .filter(|a| a.log_index > r.after_index)
+                .collect();
+            let skip = matching.len().saturating_sub(limit);
+            matching
+                .into_iter()
+                .skip(skip)
+                .map(|a| pb::AuditRecord {
+                    seq: a.seq,
+                    log_index: a.log_index,
+                    at_ms: a.at.0,
+                    actor: a.actor.clone(),
+                    request_id: a.request_id.to_string(),
+                    kind: a.kind.clone(),
+                    summary: a.summary.clone(),
+                    epoch: a.epoch,
+                    details_json: a.details.to_string(),
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::AuditResponse { records }))
+    }
+}
+
+/// Builds the status answer from Raft's metrics, the member table and the
+/// network's per-peer contact times.
+pub async fn status(coord: &Coordinator) -> pb::StatusResponse {
+    let m = coord.raft.metrics().borrow().clone();
+    let committed = coord
+        .raft
+        .with_raft_state(|st| st.committed.map(|l| l.index))
+        .await
+        .ok()
+        .flatten();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let last_log = m.last_log_index.unwrap_or(0);
+    let peer_stats = coord.stats.snapshot();
+    let now = Instant::now();
+    let (table, epoch) = coord.read_state(|s| (s.members().clone(), s.epoch()));
+    let mut ids: BTreeSet<u64> = table.keys().copied().collect();
+    ids.extend(membership.nodes().map(|(id, _)| *id));
+    let is_leader = m.current_leader == Some(coord.config.node_id);
+    let members = ids
+        .into_iter()
+        .map(|id| {
+            let t = table.get(&id);
+            let voting = if voters.contains(&id) {
+                pb::Voting::Voter
+            } else if membership.get_node(&id).is_some() {
+                pb::Voting::Learner
+            } else {
+                pb::Voting::None
+            };
+            let matched = if id == coord.config.node_id {
+                m.last_log_index
+            } else {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten().map(|l| l.index))
+            };
+            let last_contact_ms = if id == coord.config.node_id {
+                0
+            } else {
+                peer_stats
+                    .get(&id)
+                    .and_then(|s| s.last_contact)
+                    .map(|t| now.duration_since(t).as_millis() as i64)
+                    .unwrap_or(-1)
+            };
+            let replication_lag = match (is_leader, matched) {
+                (true, Some(mi)) => last_log.saturating_sub(mi) as i64,
+                (true, None) if voting != pb::Voting::None => last_log as i64,
+                _ => -1,
+            };
+            pb::MemberStatus {
+                node_id: id,
+                region: t.map(|t| t.region.to_string()).unwrap_or_default(),
+                role: t
+                    .map(|t| role_to_pb(t.role))
+                    .unwrap_or(pb::MemberRole::Unspecified) as i32,
+                voting: voting as i32,
+                address: t
+                    .map(|t| t.address.clone())
+                    .or_else(|| membership.get_node(&id).map(|n| n.addr.clone()))
+                    .unwrap_or_default(),
+                thumbprints: t
+                    .map(|t| t.thumbprints.iter().map(|x| x.to_string()).collect())
+                    .unwrap_or_default(),
+                last_contact_ms,
+                replication_lag,
+                matched_index: if is_leader { matched } else { None },
+            }
+        })
+        .collect();
+    let leader = m.current_leader;
+    let (leader_region, leader_address) = match leader {
+        Some(l) => (
+            table
+                .get(&l)
+                .map(|t| t.region.to_string())
+                .unwrap_or_default(),
+            membership
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default(),
+        ),
+        None => (String::new(), String::new()),
+    };
+    pb::StatusResponse {
+        node_id: coord.config.node_id,
+        region: coord.config.region.to_string(),
+        leader_id: leader,
+        leader_region,
+        leader_address,
+        term: m.current_term,
+        commit_index: committed.unwrap_or(0),
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        last_log_index: last_log,
+        epoch,
+        members,
+        server_state: format!("{:?}", m.state),
+        snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+    }
+}

@@ -1,0 +1,558 @@
+//! Coordinator configuration: the TOML file layer, the flag/environment
+//! layer on top of it, and the validated `Config` the server runs on.
+//!
+//! This module reads files and nothing else: it does not bind sockets or
+//! open the store. A bad configuration is reported with the name of the
+//! field at fault, and the process exits non-zero.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tern_core::{MemberRole, NodeId, RegionName, Thumbprint};
+
+/// A configuration problem, naming the field (as written in the TOML file).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("configuration: `{field}` is required")]
+    Missing { field: &'static str },
+    #[error("configuration: `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The file layer: every field optional, so that flags and environment can
+/// fill what the file leaves out. Unknown fields are an error (a typo must
+/// not silently fall back to a default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub node_id: Option<NodeId>,
+    pub region: Option<String>,
+    pub role: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub ready_file: Option<PathBuf>,
+    #[serde(default)]
+    pub listen: FileListen,
+    #[serde(default)]
+    pub tls: FileTls,
+    #[serde(default)]
+    pub raft: FileRaft,
+    #[serde(default)]
+    pub bootstrap: FileBootstrap,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListen {
+    pub grpc: Option<String>,
+    pub http: Option<String>,
+    pub advertise: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub admin_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRaft {
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_min_ms: Option<u64>,
+    pub election_timeout_max_ms: Option<u64>,
+    pub snapshot_timeout_ms: Option<u64>,
+    pub snapshot_every_logs: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+    pub max_batch: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBootstrap {
+    pub initialize: Option<bool>,
+    #[serde(default)]
+    pub members: Vec<FileBootstrapMember>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBootstrapMember {
+    pub node_id: NodeId,
+    pub region: String,
+    pub role: Option<String>,
+    pub address: String,
+    pub thumbprint: String,
+}
+
+/// The flag and environment layer (`tern serve --... / TERN_*`). Each
+/// `Some` replaces the file's value.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Raft node id of this coordinator [env: TERN_NODE_ID]
+    #[arg(long, env = "TERN_NODE_ID")]
+    pub node_id: Option<NodeId>,
+    /// Region this coordinator serves [env: TERN_REGION]
+    #[arg(long, env = "TERN_REGION")]
+    pub region: Option<String>,
+    /// Directory of the SQLite store [env: TERN_DATA_DIR]
+    #[arg(long, env = "TERN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address host:port [env: TERN_LISTEN_GRPC]
+    #[arg(long, env = "TERN_LISTEN_GRPC")]
+    pub listen_grpc: Option<String>,
+    /// HTTP listen address host:port [env: TERN_LISTEN_HTTP]
+    #[arg(long, env = "TERN_LISTEN_HTTP")]
+    pub listen_http: Option<String>,
+    /// Address other coordinators dial [env: TERN_ADVERTISE]
+    #[arg(long, env = "TERN_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// File written with the bound addresses once the server is up [env: TERN_READY_FILE]
+    #[arg(long, env = "TERN_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Raft timing and batching. Cross-region defaults (see stack notes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftTuning {
+    /// Leader heartbeat interval, ms; also the AppendEntries RPC timeout.
+    /// Default 500.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout, ms. Default 2000.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout, ms. Default 4000.
+    pub election_timeout_max_ms: u64,
+    /// Timeout for sending one snapshot, ms. Default 30000.
+    pub snapshot_timeout_ms: u64,
+    /// Take a snapshot after this many log entries since the last one.
+    /// Default 5000.
+    pub snapshot_every_logs: u64,
+    /// How long an admin write may wait for commit before the API answers
+    /// DEADLINE_EXCEEDED, ms. Default 10000.
+    pub write_timeout_ms: u64,
+    /// Most proposals carried by one Raft entry. Default 1024.
+    pub max_batch: usize,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 500,
+            election_timeout_min_ms: 2000,
+            election_timeout_max_ms: 4000,
+            snapshot_timeout_ms: 30_000,
+            snapshot_every_logs: 5000,
+            write_timeout_ms: 10_000,
+            max_batch: 1024,
+        }
+    }
+}
+
+/// A member known before the first commit (its pin is trusted until the
+/// replicated member table takes over).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapMember {
+    pub node_id: NodeId,
+    pub region: RegionName,
+    pub role: MemberRole,
+    pub address: String,
+    pub thumbprint: Thumbprint,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Raft node id, unique in the cluster and never reused. Required.
+    pub node_id: NodeId,
+    /// The region this coordinator serves; for a witness, its own name.
+    /// Required; a DNS label.
+    pub region: RegionName,
+    /// `region` (default) or `witness`.
+    pub role: MemberRole,
+    /// Directory of the SQLite store (`tern.db`). Required; created if missing.
+    pub data_dir: PathBuf,
+    /// If set, a JSON file written once the server is serving, with the
+    /// bound addresses and the transport thumbprint. Default: none.
+    pub ready_file: Option<PathBuf>,
+    /// gRPC listener (Raft transport, admin and agent APIs), mutual TLS.
+    /// Required; port 0 picks a free port.
+    pub listen_grpc: SocketAddr,
+    /// Plain HTTP listener for /health/live, /health/ready and /metrics.
+    /// Required; port 0 picks a free port.
+    pub listen_http: SocketAddr,
+    /// host:port other coordinators dial. Default: the bound gRPC address.
+    pub advertise: Option<String>,
+    /// CA bundle (PEM) that coordinator certificates chain to. Required.
+    pub ca_file: PathBuf,
+    /// This coordinator's certificate chain (PEM). Required.
+    pub cert_file: PathBuf,
+    /// This coordinator's private key (PEM). Required.
+    pub key_file: PathBuf,
+    /// CA bundle that admin client certificates chain to. Default: `ca_file`.
+    pub admin_ca_file: Option<PathBuf>,
+    pub raft: RaftTuning,
+    /// On an empty store, create the cluster with this node and the
+    /// bootstrap members as voters. Set on exactly one node. Default false.
+    pub initialize: bool,
+    /// Other coordinators known before the first commit.
+    pub bootstrap_members: Vec<BootstrapMember>,
+}
+
+impl Config {
+    /// Reads the file (if any), applies the overrides and validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: p.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Config::from_layers(file, overrides, path.and_then(Path::parent))
+    }
+
+    /// Merges the layers; relative paths in the file are relative to the
+    /// file's directory.
+    pub fn from_layers(
+        file: FileConfig,
+        o: &Overrides,
+        base: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let rel = |p: PathBuf| -> PathBuf {
+            match base {
+                Some(b) if p.is_relative() => b.join(p),
+                _ => p,
+            }
+        };
+        let node_id = o
+            .node_id
+            .or(file.node_id)
+            .ok_or(ConfigError::Missing { field: "node_id" })?;
+        let region_s = o
+            .region
+            .clone()
+            .or(file.region)
+            .ok_or(ConfigError::Missing { field: "region" })?;
+        let region: RegionName = region_s
+            .parse()
+            .map_err(|e| invalid("region", format!("{e}")))?;
+        let role = match file.role.as_deref() {
+            None => MemberRole::Region,
+            Some(r) => r.parse().map_err(|e: String| invalid("role", e))?,
+        };
+        let data_dir = o
+            .data_dir
+            .clone()
+            .or(file.data_dir.map(rel))
+            .ok_or(ConfigError::Missing { field: "data_dir" })?;
+        let grpc = o
+            .listen_grpc
+            .clone()
+            .or(file.listen.grpc)
+            .ok_or(ConfigError::Missing {
+                field: "listen.grpc",
+            })?;
+        let listen_grpc: SocketAddr = grpc
+            .parse()
+            .map_err(|e| invalid("listen.grpc", format!("{grpc:?} is not ip:port ({e})")))?;
+        let http = o
+            .listen_http
+            .clone()
+            .or(file.listen.http)
+            .ok_or(ConfigError::Missing {
+                field: "listen.http",
+            })?;
+        let listen_http: SocketAddr = http
+            .parse()
+            .map_err(|e| invalid("listen.http", format!("{http:?} is not ip:port ({e})")))?;
+        let advertise = o.advertise.clone().or(file.listen.advertise);
+        if let Some(a) = &advertise {
+            check_host_port("listen.advertise", a)?;
+        }
+        let ca_file = file.tls.ca_file.map(rel).ok_or(ConfigError::Missing {
+            field: "tls.ca_file",
+        })?;
+        let cert_file = file.tls.cert_file.map(rel).ok_or(ConfigError::Missing {
+            field: "tls.cert_file",
+        })?;
+        let key_file = file.tls.key_file.map(rel).ok_or(ConfigError::Missing {
+            field: "tls.key_file",
+        })?;
+        let admin_ca_file = file.tls.admin_ca_file.map(rel);
+
+        let d = RaftTuning::default();
+        let r = file.raft;
+        let raft = RaftTuning {
+            heartbeat_ms: r.heartbeat_ms.unwrap_or(d.heartbeat_ms),
+            election_timeout_min_ms: r
+                .election_timeout_min_ms
+                .unwrap_or(d.election_timeout_min_ms),
+            election_timeout_max_ms: r
+                .election_timeout_max_ms
+                .unwrap_or(d.election_timeout_max_ms),
+            snapshot_timeout_ms: r.snapshot_timeout_ms.unwrap_or(d.snapshot_timeout_ms),
+            snapshot_every_logs: r.snapshot_every_logs.unwrap_or(d.snapshot_every_logs),
+            write_timeout_ms: r.write_timeout_ms.unwrap_or(d.write_timeout_ms),
+            max_batch: r.max_batch.unwrap_or(d.max_batch),
+        };
+
+        let mut bootstrap_members = Vec::new();
+        for (i, m) in file.bootstrap.members.iter().enumerate() {
+            let f = |name: &str| format!("bootstrap.members[{i}].{name}");
+            let region: RegionName = m
+                .region
+                .parse()
+                .map_err(|e| invalid(f("region"), format!("{e}")))?;
+            let role = match m.role.as_deref() {
+                None => MemberRole::Region,
+                Some(r) => r.parse().map_err(|e: String| invalid(f("role"), e))?,
+            };
+            check_host_port(&f("address"), &m.address)?;
+            let thumbprint: Thumbprint = m
+                .thumbprint
+                .parse()
+                .map_err(|e| invalid(f("thumbprint"), format!("{e}")))?;
+            bootstrap_members.push(BootstrapMember {
+                node_id: m.node_id,
+                region,
+                role,
+                address: m.address.clone(),
+                thumbprint,
+            });
+        }
+
+        let cfg = Config {
+            node_id,
+            region,
+            role,
+            data_dir,
+            ready_file: o.ready_file.clone().or(file.ready_file.map(rel)),
+            listen_grpc,
+            listen_http,
+            advertise,
+            ca_file,
+            cert_file,
+            key_file,
+            admin_ca_file,
+            raft,
+            initialize: file.bootstrap.initialize.unwrap_or(false),
+            bootstrap_members,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 {
+            return Err(invalid("raft.heartbeat_ms", "must be greater than 0"));
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_ms {
+            return Err(invalid(
+                "raft.election_timeout_min_ms",
+                format!(
+                    "must be greater than raft.heartbeat_ms ({} <= {}): a follower would start elections between heartbeats",
+                    r.election_timeout_min_ms, r.heartbeat_ms
+                ),
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(invalid(
+                "raft.election_timeout_max_ms",
+                format!(
+                    "must be greater than raft.election_timeout_min_ms ({} <= {})",
+                    r.election_timeout_max_ms, r.election_timeout_min_ms
+                ),
+            ));
+        }
+        if r.snapshot_timeout_ms < r.heartbeat_ms {
+            return Err(invalid(
+                "raft.snapshot_timeout_ms",
+                "must be at least raft.heartbeat_ms",
+            ));
+        }
+        if r.snapshot_every_logs == 0 {
+            return Err(invalid(
+                "raft.snapshot_every_logs",
+                "must be greater than 0",
+            ));
+        }
+        if r.max_batch == 0 {
+            return Err(invalid("raft.max_batch", "must be greater than 0"));
+        }
+        if r.write_timeout_ms < r.heartbeat_ms {
+            return Err(invalid(
+                "raft.write_timeout_ms",
+                "must be at least raft.heartbeat_ms",
+            ));
+        }
+        for (i, m) in self.bootstrap_members.iter().enumerate() {
+            if m.node_id == self.node_id {
+                return Err(invalid(
+                    format!("bootstrap.members[{i}].node_id"),
+                    "lists this node itself; list only the other coordinators",
+                ));
+            }
+            if m.region == self.region {
+                return Err(invalid(
+                    format!("bootstrap.members[{i}].region"),
+                    format!("region {} is this node's own region", m.region),
+                ));
+            }
+            for (j, n) in self.bootstrap_members.iter().enumerate().skip(i + 1) {
+                if n.node_id == m.node_id || n.region == m.region {
+                    return Err(invalid(
+                        format!("bootstrap.members[{j}]"),
+                        format!("duplicates bootstrap.members[{i}] (same node_id or region)"),
+                    ));
+                }
+            }
+        }
+        for (field, p) in [
+            ("tls.ca_file", &self.ca_file),
+            ("tls.cert_file", &self.cert_file),
+            ("tls.key_file", &self.key_file),
+        ] {
+            if let Err(e) = std::fs::metadata(p) {
+                return Err(invalid(field, format!("cannot read {}: {e}", p.display())));
+            }
+        }
+        if let Some(p) = &self.admin_ca_file {
+            if let Err(e) = std::fs::metadata(p) {
+                return Err(invalid(
+                    "tls.admin_ca_file",
+                    format!("cannot read {}: {e}", p.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn raft_config(&self) -> openraft::Config {
+        openraft::Config {
+            cluster_name: "tern".into(),
+            heartbeat_interval: self.raft.heartbeat_ms,
+            election_timeout_min: self.raft.election_timeout_min_ms,
+            election_timeout_max: self.raft.election_timeout_max_ms,
+            install_snapshot_timeout: self.raft.snapshot_timeout_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.raft.snapshot_every_logs),
+            max_in_snapshot_log_to_keep: 1000,
+            purge_batch_size: 256,
+            max_payload_entries: 300,
+            ..Default::default()
+        }
+    }
+}
+
+fn check_host_port(field: &str, s: &str) -> Result<(), ConfigError> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(invalid(field, format!("{s:?} is not host:port"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(dir: &Path) -> String {
+        for f in ["ca.pem", "node.pem", "node.key"] {
+            std::fs::write(dir.join(f), "x").expect("write");
+        }
+        r#"
+node_id = 1
+region = "eu"
+data_dir = "data"
+[listen]
+grpc = "127.0.0.1:0"
+http = "127.0.0.1:0"
+[tls]
+ca_file = "ca.pem"
+cert_file = "node.pem"
+key_file = "node.key"
+"#
+        .to_string()
+    }
+
+    fn load(dir: &Path, text: &str, o: &Overrides) -> Result<Config, ConfigError> {
+        let p = dir.join("tern.toml");
+        std::fs::write(&p, text).expect("write");
+        Config::load(Some(&p), o)
+    }
+
+    // Property: a minimal file loads with the documented defaults, and
+    // relative paths resolve against the file's directory.
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = load(dir.path(), &base(dir.path()), &Overrides::default()).expect("valid");
+        assert_eq!(c.raft, RaftTuning::default());
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(c.role, MemberRole::Region);
+        assert!(!c.initialize);
+    }
+
+    // Property: flags/environment override the file.
+    #[test]
+    fn overrides_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = Overrides {
+            node_id: Some(7),
+            region: Some("us".into()),
+            ..Default::default()
+        };
+        let c = load(dir.path(), &base(dir.path()), &o).expect("valid");
+        assert_eq!((c.node_id, c.region.as_str()), (7, "us"));
+    }
+
+    // Property: each kind of bad configuration is refused with a message
+    // that names the field at fault.
+    #[test]
+    fn bad_configs_name_the_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = base(dir.path());
+        let cases: Vec<(String, &str)> = vec![
+            (b.replace("node_id = 1\n", ""), "node_id"),
+            (b.replace("region = \"eu\"", "region = \"EU!\""), "region"),
+            (format!("{b}[raft]\nheartbeat_ms = 3000\n"), "raft.election_timeout_min_ms"),
+            (format!("{b}[raft]\nelection_timeout_max_ms = 1000\n"), "raft.election_timeout_max_ms"),
+            (b.replace("ca.pem", "missing.pem"), "tls.ca_file"),
+            (b.replace("grpc = \"127.0.0.1:0\"", "grpc = \"nowhere\""), "listen.grpc"),
+            (format!("{b}bogus = 1\n"), "bogus"),
+            (
+                format!("{b}[[bootstrap.members]]\nnode_id = 2\nregion = \"us\"\naddress = \"x:1\"\nthumbprint = \"zz\"\n"),
+                "bootstrap.members[0].thumbprint",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = load(dir.path(), &text, &Overrides::default())
+                .expect_err(field)
+                .to_string();
+            assert!(err.contains(field), "error {err:?} should name {field}");
+        }
+    }
+}

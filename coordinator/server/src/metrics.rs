@@ -1,0 +1,160 @@
+//! Prometheus metrics (`tern_*`), rendered at scrape time from the live
+//! sources (openraft's metrics, the network's per-peer statistics, the
+//! replicated state). Nothing here is kept between scrapes except in those
+//! sources, so a metric can never drift from what it reports.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::node::Coordinator;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerKindLabels {
+    peer: String,
+    kind: String,
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    reg.register(name, help, g);
+}
+
+/// Renders the Prometheus text exposition of this coordinator.
+pub async fn render(coord: &Coordinator) -> String {
+    let m = coord.raft.metrics().borrow().clone();
+    let committed = coord
+        .raft
+        .with_raft_state(|st| st.committed.map(|l| l.index))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let mut reg = Registry::default();
+    let is_leader = m.current_leader == Some(coord.config.node_id);
+    gauge(
+        &mut reg,
+        "tern_raft_term",
+        "Current Raft term",
+        m.current_term as i64,
+    );
+    gauge(
+        &mut reg,
+        "tern_raft_is_leader",
+        "1 if this coordinator is the Raft leader",
+        is_leader as i64,
+    );
+    gauge(
+        &mut reg,
+        "tern_raft_commit_index",
+        "Highest log index known committed",
+        committed as i64,
+    );
+    gauge(
+        &mut reg,
+        "tern_raft_applied_index",
+        "Highest log index applied to the state machine",
+        m.last_applied.map(|l| l.index).unwrap_or(0) as i64,
+    );
+    let last_log = m.last_log_index.unwrap_or(0);
+    gauge(
+        &mut reg,
+        "tern_raft_last_log_index",
+        "Highest log index in the local log",
+        last_log as i64,
+    );
+    gauge(
+        &mut reg,
+        "tern_raft_leader_known",
+        "1 if this coordinator knows a leader",
+        m.current_leader.is_some() as i64,
+    );
+    gauge(
+        &mut reg,
+        "tern_raft_snapshot_index",
+        "Log index covered by the last snapshot",
+        m.snapshot.map(|l| l.index).unwrap_or(0) as i64,
+    );
+    let (epoch, members) = coord.read_state(|s| (s.epoch(), s.members().len()));
+    gauge(
+        &mut reg,
+        "tern_epoch",
+        "Replicated epoch (only grows)",
+        epoch as i64,
+    );
+    gauge(
+        &mut reg,
+        "tern_members",
+        "Coordinators in the member table",
+        members as i64,
+    );
+    gauge(
+        &mut reg,
+        "tern_pinned_thumbprints",
+        "Thumbprints currently pinned",
+        coord.pins.snapshot().len() as i64,
+    );
+
+    let lag: Family<PeerLabels, Gauge> = Family::default();
+    if let Some(rep) = &m.replication {
+        for (peer, matched) in rep.iter() {
+            if *peer == coord.config.node_id {
+                continue;
+            }
+            let mi = matched.map(|l| l.index).unwrap_or(0);
+            lag.get_or_create(&PeerLabels {
+                peer: peer.to_string(),
+            })
+            .set(last_log.saturating_sub(mi) as i64);
+        }
+    }
+    reg.register(
+        "tern_raft_replication_lag",
+        "Entries a peer is behind the leader's last log index (leader only)",
+        lag,
+    );
+    let errors: Family<PeerKindLabels, Counter> = Family::default();
+    let contact: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+    let now = std::time::Instant::now();
+    for (peer, s) in coord.stats.snapshot() {
+        for (kind, n) in &s.errors {
+            errors
+                .get_or_create(&PeerKindLabels {
+                    peer: peer.to_string(),
+                    kind: kind.to_string(),
+                })
+                .inc_by(*n);
+        }
+        if let Some(t) = s.last_contact {
+            contact
+                .get_or_create(&PeerLabels {
+                    peer: peer.to_string(),
+                })
+                .set(now.duration_since(t).as_secs_f64());
+        }
+    }
+    reg.register(
+        "tern_raft_rpc_errors",
+        "Raft RPCs to a peer that failed, by kind",
+        errors,
+    );
+    reg.register(
+        "tern_raft_peer_last_contact_seconds",
+        "Seconds since the last successful Raft RPC to a peer",
+        contact,
+    );
+    let mut out = String::new();
+    if encode(&mut out, &reg).is_err() {
+        out.clear();
+    }
+    out
+}
