@@ -40,12 +40,8 @@ fn unpinned_expired_and_non_admin_certificates_are_refused() {
             &h,
             &pki,
             &NodeSpec {
-                node_id: 1,
-                region: "eu",
                 initialize: true,
-                bootstrap: vec![],
-                extra: "",
-                cert: None,
+                ..NodeSpec::new(1, "eu")
             },
         )?;
         let addr = n1.grpc();
@@ -64,12 +60,9 @@ fn unpinned_expired_and_non_admin_certificates_are_refused() {
         // cluster that lists node 1 and campaigns for votes.
         let mut rogue = Node::new(&h, &pki, 9, "rogue")?;
         let spec = NodeSpec {
-            node_id: 9,
-            region: "rogue",
             initialize: true,
             bootstrap: vec![(&n1, addr.clone())],
-            extra: "",
-            cert: None,
+            ..NodeSpec::new(9, "rogue")
         };
         rogue.start(&h, &pki, &spec)?;
         let log = n1.process().log_path().to_path_buf();

@@ -80,6 +80,7 @@ pub struct FileRaft {
     pub election_timeout_max_ms: Option<u64>,
     pub snapshot_timeout_ms: Option<u64>,
     pub snapshot_every_logs: Option<u64>,
+    pub logs_kept_after_snapshot: Option<u64>,
     pub write_timeout_ms: Option<u64>,
     pub max_batch: Option<usize>,
 }
@@ -144,6 +145,10 @@ pub struct RaftTuning {
     /// Take a snapshot after this many log entries since the last one.
     /// Default 5000.
     pub snapshot_every_logs: u64,
+    /// Log entries kept behind the last snapshot, so that a briefly lagging
+    /// follower catches up from the log rather than from a snapshot.
+    /// Default 1000.
+    pub logs_kept_after_snapshot: u64,
     /// How long an admin write may wait for commit before the API answers
     /// DEADLINE_EXCEEDED, ms. Default 10000.
     pub write_timeout_ms: u64,
@@ -159,6 +164,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 4000,
             snapshot_timeout_ms: 30_000,
             snapshot_every_logs: 5000,
+            logs_kept_after_snapshot: 1000,
             write_timeout_ms: 10_000,
             max_batch: 1024,
         }
@@ -315,6 +321,9 @@ impl Config {
                 .unwrap_or(d.election_timeout_max_ms),
             snapshot_timeout_ms: r.snapshot_timeout_ms.unwrap_or(d.snapshot_timeout_ms),
             snapshot_every_logs: r.snapshot_every_logs.unwrap_or(d.snapshot_every_logs),
+            logs_kept_after_snapshot: r
+                .logs_kept_after_snapshot
+                .unwrap_or(d.logs_kept_after_snapshot),
             write_timeout_ms: r.write_timeout_ms.unwrap_or(d.write_timeout_ms),
             max_batch: r.max_batch.unwrap_or(d.max_batch),
         };
@@ -460,8 +469,8 @@ impl Config {
             election_timeout_max: self.raft.election_timeout_max_ms,
             install_snapshot_timeout: self.raft.snapshot_timeout_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.raft.snapshot_every_logs),
-            max_in_snapshot_log_to_keep: 1000,
-            purge_batch_size: 256,
+            max_in_snapshot_log_to_keep: self.raft.logs_kept_after_snapshot,
+            purge_batch_size: self.raft.snapshot_every_logs.clamp(1, 64),
             max_payload_entries: 300,
             ..Default::default()
         }

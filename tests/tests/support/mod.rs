@@ -121,6 +121,23 @@ pub struct NodeSpec<'a> {
     pub extra: &'a str,
     /// Certificate name in the PKI (default: the region).
     pub cert: Option<&'a str>,
+    /// `region` or `witness`.
+    pub role: &'a str,
+}
+
+impl<'a> NodeSpec<'a> {
+    /// A region coordinator with no bootstrap members and no extras.
+    pub fn new(node_id: u64, region: &'a str) -> NodeSpec<'a> {
+        NodeSpec {
+            node_id,
+            region,
+            initialize: false,
+            bootstrap: vec![],
+            extra: "",
+            cert: None,
+            role: "region",
+        }
+    }
 }
 
 impl Node {
@@ -154,9 +171,10 @@ impl Node {
         std::fs::create_dir_all(&self.dir)?;
         let cert = spec.cert.unwrap_or(&self.region);
         let mut t = format!(
-            "node_id = {}\nregion = \"{}\"\ndata_dir = \"data\"\nready_file = \"ready.json\"\n\n[listen]\ngrpc = \"{grpc}\"\nhttp = \"{http}\"\n\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[raft]\nheartbeat_ms = 250\nelection_timeout_min_ms = 1500\nelection_timeout_max_ms = 3000\n{}\n[bootstrap]\ninitialize = {}\n",
+            "node_id = {}\nregion = \"{}\"\nrole = \"{}\"\ndata_dir = \"data\"\nready_file = \"ready.json\"\n\n[listen]\ngrpc = \"{grpc}\"\nhttp = \"{http}\"\n\n[tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[raft]\nheartbeat_ms = 250\nelection_timeout_min_ms = 1500\nelection_timeout_max_ms = 3000\n{}\n[bootstrap]\ninitialize = {}\n",
             spec.node_id,
             spec.region,
+            spec.role,
             pki.dir.join("ca.pem").display(),
             pki.cert(cert).display(),
             pki.key(cert).display(),
@@ -280,10 +298,12 @@ impl Admin {
             .unwrap_or_default())
     }
 
-    pub fn add_member(&self, addr: &str, n: &Node) -> anyhow::Result<()> {
+    pub fn add_member(&self, addr: &str, n: &Node, role: &str) -> anyhow::Result<()> {
         run_ok(self.cmd(addr).args([
             "members",
             "add",
+            "--role",
+            role,
             "--node-id",
             &n.node_id.to_string(),
             "--region",
@@ -293,6 +313,14 @@ impl Admin {
             "--thumbprint",
             &n.thumbprint,
         ]))?;
+        Ok(())
+    }
+
+    pub fn remove_member(&self, addr: &str, node_id: u64) -> anyhow::Result<()> {
+        run_ok(
+            self.cmd(addr)
+                .args(["members", "remove", "--node-id", &node_id.to_string()]),
+        )?;
         Ok(())
     }
 }

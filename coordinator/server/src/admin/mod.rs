@@ -339,5 +339,6 @@ pub async fn status(coord: &Coordinator) -> pb::StatusResponse {
         members,
         server_state: format!("{:?}", m.state),
         snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+        purged_index: m.purged.map(|l| l.index).unwrap_or(0),
     }
 }

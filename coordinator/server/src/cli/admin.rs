@@ -85,6 +85,7 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "applied_index": s.applied_index,
         "last_log_index": s.last_log_index,
         "snapshot_index": s.snapshot_index,
+        "purged_index": s.purged_index,
         "epoch": s.epoch,
         "server_state": s.server_state,
         "members": s.members.iter().map(|m| serde_json::json!({
