@@ -8,7 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{NodeId, RequestId};
+use crate::health::{ObservationRecord, RegionState};
+use crate::ids::{NodeId, RegionName, RequestId};
 use crate::member::Member;
 use crate::time::Millis;
 
@@ -36,6 +37,22 @@ pub enum Command {
     },
     /// An operator's annotation (key/value), shown by `tern notes`.
     PutNote { key: String, value: String },
+    /// A region's health changes. Proposed by the leader's detector with the
+    /// observations that justify it; refused as stale when the region is no
+    /// longer in `from`. Bumps the epoch.
+    RegionTransition {
+        region: RegionName,
+        from: RegionState,
+        to: RegionState,
+        observations: Vec<ObservationRecord>,
+    },
+    /// Freeze (or unfreeze) automatic Unreachable decisions because most
+    /// regions look down at once. Proposed by the leader's detector. Bumps
+    /// the epoch.
+    SetFrozen { frozen: bool, reason: String },
+    /// Pause or resume automation (`tern pause` / `tern resume`). While
+    /// paused, states are computed and shown but nothing acts on them.
+    SetPaused { paused: bool, reason: String },
 }
 
 impl Command {
@@ -45,6 +62,9 @@ impl Command {
             Command::UpsertMember { .. } => "upsert_member",
             Command::RemoveMember { .. } => "remove_member",
             Command::PutNote { .. } => "put_note",
+            Command::RegionTransition { .. } => "region_transition",
+            Command::SetFrozen { .. } => "set_frozen",
+            Command::SetPaused { .. } => "set_paused",
         }
     }
 
@@ -74,6 +94,13 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::RegionTransition { from, to, .. } => {
+                if from == to {
+                    return Err("a region transition must change the state".into());
+                }
+                Ok(())
+            }
+            Command::SetFrozen { .. } | Command::SetPaused { .. } => Ok(()),
         }
     }
 }

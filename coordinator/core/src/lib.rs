@@ -9,6 +9,7 @@
 
 mod audit;
 mod command;
+mod health;
 mod ids;
 mod member;
 mod state;
@@ -17,6 +18,10 @@ mod time;
 pub use audit::AuditRecord;
 pub use command::{
     Batch, BatchResponse, Command, Outcome, Proposal, Rejection, MAX_NOTE_KEY, MAX_NOTE_VALUE,
+};
+pub use health::{
+    ClusterView, Detector, Evaluation, HealthConfig, ObservationRecord, RegionObservation,
+    RegionRecord, RegionState, RegionView, Report,
 };
 pub use ids::{IdError, NodeId, RegionName, RequestId, Thumbprint};
 pub use member::{Member, MemberRole};

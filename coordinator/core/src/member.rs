@@ -55,4 +55,8 @@ pub struct Member {
     /// SHA-256 thumbprints of transport certificates its peers accept from
     /// it. More than one only while a rotation is in progress.
     pub thumbprints: BTreeSet<Thumbprint>,
+    /// Base URL of the region's control plane (`https://host:port`), which
+    /// every coordinator probes. None for a witness.
+    #[serde(default)]
+    pub control_plane: Option<String>,
 }

@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditRecord;
 use crate::command::{Batch, BatchResponse, Command, Outcome, Proposal, Rejection};
-use crate::ids::{NodeId, RequestId, Thumbprint};
+use crate::health::{RegionRecord, RegionState};
+use crate::ids::{NodeId, RegionName, RequestId, Thumbprint};
 use crate::member::Member;
+use crate::member::MemberRole;
 use crate::time::Millis;
 
 /// Audit records kept in the replicated state (older ones are dropped).
@@ -48,6 +50,12 @@ pub struct Meta {
     /// who serves what, so that stale decisions can be fenced.
     pub epoch: u64,
     pub audit_next_seq: u64,
+    /// Automatic Unreachable decisions are frozen (most regions look down).
+    #[serde(default)]
+    pub frozen: bool,
+    /// Automation is paused by an administrator.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A row of the persisted state machine.
@@ -58,6 +66,7 @@ pub enum RowKey {
     Note(String),
     Audit(u64),
     Request(RequestId),
+    Region(RegionName),
 }
 
 impl RowKey {
@@ -68,6 +77,7 @@ impl RowKey {
             RowKey::Note(_) => "note",
             RowKey::Audit(_) => "audit",
             RowKey::Request(_) => "request",
+            RowKey::Region(_) => "region",
         }
     }
 
@@ -78,6 +88,7 @@ impl RowKey {
             RowKey::Note(k) => k.clone(),
             RowKey::Audit(seq) => format!("{seq:020}"),
             RowKey::Request(r) => r.to_string(),
+            RowKey::Region(r) => r.to_string(),
         }
     }
 }
@@ -105,6 +116,8 @@ pub struct ReplicatedState {
     notes: BTreeMap<String, NoteRecord>,
     audit: VecDeque<AuditRecord>,
     requests: BTreeMap<RequestId, RequestRecord>,
+    #[serde(default)]
+    regions: BTreeMap<RegionName, RegionRecord>,
     /// Derived from `requests`: expiry order.
     #[serde(skip)]
     request_order: BTreeSet<(Millis, RequestId)>,
@@ -127,6 +140,32 @@ impl ReplicatedState {
 
     pub fn audit(&self) -> &VecDeque<AuditRecord> {
         &self.audit
+    }
+
+    /// Committed health records (a region without one is Healthy).
+    pub fn region_records(&self) -> &BTreeMap<RegionName, RegionRecord> {
+        &self.regions
+    }
+
+    /// Regions with a known control plane, and the coordinators serving each.
+    pub fn regions(&self) -> BTreeMap<RegionName, BTreeSet<NodeId>> {
+        let mut out: BTreeMap<RegionName, BTreeSet<NodeId>> = BTreeMap::new();
+        for m in self
+            .members
+            .values()
+            .filter(|m| m.role == MemberRole::Region && m.control_plane.is_some())
+        {
+            out.entry(m.region.clone()).or_default().insert(m.node_id);
+        }
+        out
+    }
+
+    pub fn frozen(&self) -> bool {
+        self.meta.frozen
+    }
+
+    pub fn paused(&self) -> bool {
+        self.meta.paused
     }
 
     pub fn request(&self, id: &RequestId) -> Option<&RequestRecord> {
@@ -269,6 +308,75 @@ impl ReplicatedState {
                 self.dirty.insert(RowKey::Note(key.clone()));
                 Ok(format!("note {key:?} set ({} bytes)", value.len()))
             }
+            Command::RegionTransition {
+                region,
+                from,
+                to,
+                observations,
+            } => {
+                if !self
+                    .members
+                    .values()
+                    .any(|m| m.role == MemberRole::Region && &m.region == region)
+                {
+                    return Err(Rejection::Invalid {
+                        message: format!("{region} is not a region of this federation"),
+                    });
+                }
+                let current = self
+                    .regions
+                    .get(region)
+                    .map(|r| r.state)
+                    .unwrap_or(RegionState::Healthy);
+                if current != *from {
+                    return Err(Rejection::Conflict {
+                        message: format!(
+                            "region {region} is {}, not {}",
+                            current.as_str(),
+                            from.as_str()
+                        ),
+                    });
+                }
+                self.bump_epoch();
+                self.regions.insert(
+                    region.clone(),
+                    RegionRecord {
+                        state: *to,
+                        since: at,
+                        epoch: self.meta.epoch,
+                    },
+                );
+                self.dirty.insert(RowKey::Region(region.clone()));
+                let down = observations.iter().filter(|o| !o.up).count();
+                Ok(format!(
+                    "region {region}: {} -> {} ({down} of {} observations down)",
+                    from.as_str(),
+                    to.as_str(),
+                    observations.len()
+                ))
+            }
+            Command::SetFrozen { frozen, reason } => {
+                if self.meta.frozen == *frozen {
+                    return Err(Rejection::Conflict {
+                        message: format!("already {}", if *frozen { "frozen" } else { "unfrozen" }),
+                    });
+                }
+                self.meta.frozen = *frozen;
+                self.bump_epoch();
+                Ok(format!(
+                    "{}: {reason}",
+                    if *frozen { "frozen" } else { "unfrozen" }
+                ))
+            }
+            Command::SetPaused { paused, reason } => {
+                let word = if *paused { "paused" } else { "resumed" };
+                if self.meta.paused == *paused {
+                    return Ok(format!("automation already {word}"));
+                }
+                self.meta.paused = *paused;
+                self.bump_epoch();
+                Ok(format!("automation {word}: {reason}"))
+            }
         }
     }
 
@@ -343,6 +451,7 @@ impl ReplicatedState {
                 serde_json::to_string(self.audit.get(idx)?)
             }
             RowKey::Request(id) => serde_json::to_string(self.requests.get(id)?),
+            RowKey::Region(r) => serde_json::to_string(self.regions.get(r)?),
         };
         v.ok()
     }
@@ -354,6 +463,7 @@ impl ReplicatedState {
         keys.extend(self.notes.keys().map(|k| RowKey::Note(k.clone())));
         keys.extend(self.audit.iter().map(|a| RowKey::Audit(a.seq)));
         keys.extend(self.requests.keys().map(|r| RowKey::Request(r.clone())));
+        keys.extend(self.regions.keys().map(|r| RowKey::Region(r.clone())));
         keys.into_iter()
             .filter_map(|k| self.row_value(&k).map(|v| (k, v)))
             .collect()
@@ -395,6 +505,14 @@ impl ReplicatedState {
                         source: serde::de::Error::custom(e),
                     })?;
                     s.requests.insert(id, parse(&t, &k, &v)?);
+                }
+                "region" => {
+                    let name: RegionName = k.parse().map_err(|e| StateError::Row {
+                        table: t.clone(),
+                        key: k.clone(),
+                        source: serde::de::Error::custom(e),
+                    })?;
+                    s.regions.insert(name, parse(&t, &k, &v)?);
                 }
                 _ => return Err(StateError::UnknownTable(t)),
             }
@@ -440,6 +558,7 @@ mod tests {
             role: MemberRole::Region,
             address: format!("127.0.0.{id}:7400"),
             thumbprints: [Thumbprint([tp; 32])].into(),
+            control_plane: None,
         }
     }
 

@@ -53,6 +53,43 @@ pub struct FileConfig {
     pub raft: FileRaft,
     #[serde(default)]
     pub bootstrap: FileBootstrap,
+    #[serde(default)]
+    pub control_plane: FileControlPlane,
+    #[serde(default)]
+    pub probe: FileProbe,
+    #[serde(default)]
+    pub health: FileHealth,
+    /// Dial these coordinators at another address than the member table's
+    /// (split-horizon networks, relays): node id -> host:port.
+    #[serde(default)]
+    pub dial_overrides: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileControlPlane {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProbe {
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub failures_before_down: Option<u32>,
+    pub ca_file: Option<PathBuf>,
+    /// Probe a region's control plane at another URL: region -> URL.
+    #[serde(default)]
+    pub overrides: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    pub down_after_ms: Option<u64>,
+    pub up_after_ms: Option<u64>,
+    pub report_ttl_ms: Option<u64>,
+    pub freeze_above_percent: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +138,7 @@ pub struct FileBootstrapMember {
     pub role: Option<String>,
     pub address: String,
     pub thumbprint: String,
+    pub control_plane: Option<String>,
 }
 
 /// The flag and environment layer (`tern serve --... / TERN_*`). Each
@@ -180,6 +218,38 @@ pub struct BootstrapMember {
     pub role: MemberRole,
     pub address: String,
     pub thumbprint: Thumbprint,
+    /// The member's region control plane URL (none for a witness).
+    pub control_plane: Option<String>,
+}
+
+/// How this coordinator probes control planes and other coordinators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Time between two probe rounds (and two reports), ms. Default 1000.
+    pub interval_ms: u64,
+    /// Timeout of one probe, ms; below the interval. Default 800.
+    pub timeout_ms: u64,
+    /// Consecutive failed probes before a control plane counts as down.
+    /// Default 2.
+    pub failures_before_down: u32,
+    /// CA bundle that control planes' HTTPS certificates chain to. Default:
+    /// `tls.ca_file`.
+    pub ca_file: Option<PathBuf>,
+    /// Probe these regions' control planes at another URL (relays,
+    /// split-horizon): region -> URL.
+    pub overrides: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            interval_ms: 1000,
+            timeout_ms: 800,
+            failures_before_down: 2,
+            ca_file: None,
+            overrides: Default::default(),
+        }
+    }
 }
 
 /// The validated configuration.
@@ -219,6 +289,14 @@ pub struct Config {
     pub initialize: bool,
     /// Other coordinators known before the first commit.
     pub bootstrap_members: Vec<BootstrapMember>,
+    /// This region's control plane, `https://host:port`; required for
+    /// role `region`, absent for a witness.
+    pub control_plane: Option<String>,
+    pub probe: ProbeConfig,
+    /// Region health rules (dwell times, freshness, freeze threshold).
+    pub health: tern_core::HealthConfig,
+    /// node id -> host:port to dial instead of the member table's address.
+    pub dial_overrides: std::collections::BTreeMap<NodeId, String>,
 }
 
 impl Config {
@@ -350,7 +428,46 @@ impl Config {
                 role,
                 address: m.address.clone(),
                 thumbprint,
+                control_plane: m.control_plane.clone(),
             });
+        }
+
+        let dp = ProbeConfig::default();
+        let probe = ProbeConfig {
+            interval_ms: file.probe.interval_ms.unwrap_or(dp.interval_ms),
+            timeout_ms: file.probe.timeout_ms.unwrap_or(dp.timeout_ms),
+            failures_before_down: file
+                .probe
+                .failures_before_down
+                .unwrap_or(dp.failures_before_down),
+            ca_file: file.probe.ca_file.map(rel),
+            overrides: file.probe.overrides,
+        };
+        for (region, url) in &probe.overrides {
+            check_url(&format!("probe.overrides.{region}"), url)?;
+        }
+        let dh = tern_core::HealthConfig::default();
+        let health = tern_core::HealthConfig {
+            down_after_ms: file.health.down_after_ms.unwrap_or(dh.down_after_ms),
+            up_after_ms: file.health.up_after_ms.unwrap_or(dh.up_after_ms),
+            report_ttl_ms: file.health.report_ttl_ms.unwrap_or(3 * probe.interval_ms),
+            freeze_above_permille: file
+                .health
+                .freeze_above_percent
+                .map(|p| p.saturating_mul(10))
+                .unwrap_or(dh.freeze_above_permille),
+        };
+        let mut dial_overrides = std::collections::BTreeMap::new();
+        for (k, v) in file.dial_overrides {
+            let id: NodeId = k
+                .parse()
+                .map_err(|_| invalid(format!("dial_overrides.{k}"), "the key must be a node id"))?;
+            check_host_port(&format!("dial_overrides.{k}"), &v)?;
+            dial_overrides.insert(id, v);
+        }
+        let control_plane = file.control_plane.url;
+        if let Some(u) = &control_plane {
+            check_url("control_plane.url", u)?;
         }
 
         let cfg = Config {
@@ -369,6 +486,10 @@ impl Config {
             raft,
             initialize: file.bootstrap.initialize.unwrap_or(false),
             bootstrap_members,
+            control_plane,
+            probe,
+            health,
+            dial_overrides,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -418,6 +539,42 @@ impl Config {
                 "raft.write_timeout_ms",
                 "must be at least raft.heartbeat_ms",
             ));
+        }
+        if self.probe.interval_ms == 0 {
+            return Err(invalid("probe.interval_ms", "must be greater than 0"));
+        }
+        if self.probe.timeout_ms == 0 || self.probe.timeout_ms > self.probe.interval_ms {
+            return Err(invalid(
+                "probe.timeout_ms",
+                format!(
+                    "must be between 1 and probe.interval_ms ({})",
+                    self.probe.interval_ms
+                ),
+            ));
+        }
+        if self.probe.failures_before_down == 0 {
+            return Err(invalid("probe.failures_before_down", "must be at least 1"));
+        }
+        if self.health.report_ttl_ms < self.probe.interval_ms {
+            return Err(invalid(
+                "health.report_ttl_ms",
+                "must be at least probe.interval_ms",
+            ));
+        }
+        if self.health.freeze_above_permille > 1000 {
+            return Err(invalid(
+                "health.freeze_above_percent",
+                "must be at most 100",
+            ));
+        }
+        match (self.role, &self.control_plane) {
+            (MemberRole::Witness, Some(_)) => {
+                return Err(invalid(
+                    "control_plane.url",
+                    "a witness has no control plane",
+                ));
+            }
+            _ => {}
         }
         for (i, m) in self.bootstrap_members.iter().enumerate() {
             if m.node_id == self.node_id {
@@ -474,6 +631,18 @@ impl Config {
             max_payload_entries: 300,
             ..Default::default()
         }
+    }
+}
+
+fn check_url(field: &str, s: &str) -> Result<(), ConfigError> {
+    let ok = (s.starts_with("https://") || s.starts_with("http://"))
+        && s.split("://")
+            .nth(1)
+            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("{s:?} is not an http(s):// URL")))
     }
 }
 

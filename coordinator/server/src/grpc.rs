@@ -10,8 +10,9 @@ use futures::Stream;
 use tern_proto::v1::agent_server::{Agent, AgentServer};
 use tern_proto::v1::raft_transport_server::{RaftTransport, RaftTransportServer};
 use tern_proto::v1::{
-    CoordinatorEndpoint, ForwardRequest, ForwardResponse, ListCoordinatorsRequest,
-    ListCoordinatorsResponse, RaftPayload,
+    CoordinatorEndpoint, ForwardRequest, ForwardResponse, HealthReport, HealthReportAck,
+    HealthViewRequest, HealthViewResponse, ListCoordinatorsRequest, ListCoordinatorsResponse,
+    PingRequest, PingResponse, RaftPayload,
 };
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -122,6 +123,42 @@ impl RaftTransport for RaftService {
         let log_index = reply.log_index;
         let outcome = serde_json::to_vec(&reply).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ForwardResponse { outcome, log_index }))
+    }
+
+    async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        require_peer(&req)?;
+        Ok(Response::new(PingResponse {
+            node_id: self.coord.config.node_id,
+        }))
+    }
+
+    async fn report(
+        &self,
+        req: Request<HealthReport>,
+    ) -> Result<Response<HealthReportAck>, Status> {
+        require_peer(&req)?;
+        let report: tern_core::Report = serde_json::from_slice(&req.get_ref().report)
+            .map_err(|e| Status::invalid_argument(format!("malformed health report: {e}")))?;
+        if !self.coord.is_leader() {
+            return Err(crate::error::ApiError::NotLeader(self.coord.leader()).into());
+        }
+        self.coord.health.observe(report);
+        Ok(Response::new(HealthReportAck {}))
+    }
+
+    async fn health_view(
+        &self,
+        req: Request<HealthViewRequest>,
+    ) -> Result<Response<HealthViewResponse>, Status> {
+        require_peer(&req)?;
+        let (evaluation, at_ms) = match self.coord.health.evaluation() {
+            Some((at, e)) => (
+                serde_json::to_vec(&e).map_err(|e| Status::internal(e.to_string()))?,
+                at.0,
+            ),
+            None => (Vec::new(), 0),
+        };
+        Ok(Response::new(HealthViewResponse { evaluation, at_ms }))
     }
 }
 

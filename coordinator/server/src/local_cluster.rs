@@ -81,6 +81,7 @@ impl LocalCluster {
                 role: tern_core::MemberRole::Region,
                 address: grpc.local_addr()?.to_string(),
                 thumbprint: cert.thumbprint,
+                control_plane: None,
             });
             listeners.push((grpc, http));
         }
@@ -107,6 +108,10 @@ impl LocalCluster {
                     .filter(|m| m.node_id != me.node_id)
                     .cloned()
                     .collect(),
+                control_plane: None,
+                probe: Default::default(),
+                health: Default::default(),
+                dial_overrides: Default::default(),
             };
             nodes.push(LocalNode::spawn(config, grpc, http)?);
         }

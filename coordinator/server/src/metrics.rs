@@ -18,6 +18,17 @@ struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabels {
+    region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObservationLabels {
+    region: String,
+    observer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerKindLabels {
     peer: String,
     kind: String,
@@ -152,9 +163,123 @@ pub async fn render(coord: &Coordinator) -> String {
         "Seconds since the last successful Raft RPC to a peer",
         contact,
     );
+    render_health(coord, &mut reg);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out.clear();
     }
     out
+}
+
+fn render_health(coord: &Coordinator, reg: &mut Registry) {
+    let (records, regions, frozen, paused) = coord.read_state(|s| {
+        (
+            s.region_records().clone(),
+            s.regions(),
+            s.frozen(),
+            s.paused(),
+        )
+    });
+    let state: Family<RegionLabels, Gauge> = Family::default();
+    for r in regions.keys() {
+        let v = records.get(r).map(|x| x.state.as_number()).unwrap_or(0);
+        state
+            .get_or_create(&RegionLabels {
+                region: r.to_string(),
+            })
+            .set(v);
+    }
+    reg.register(
+        "tern_region_state",
+        "Committed region state: 0 healthy, 1 suspect, 2 unreachable, 3 recovering",
+        state,
+    );
+    gauge(
+        reg,
+        "tern_health_frozen",
+        "1 while automatic Unreachable decisions are frozen",
+        frozen as i64,
+    );
+    gauge(
+        reg,
+        "tern_automation_paused",
+        "1 while automation is paused by an administrator",
+        paused as i64,
+    );
+    gauge(
+        reg,
+        "tern_health_fenced",
+        "1 while this coordinator cannot reach a quorum of coordinators (its reports count for nothing)",
+        coord.health.fenced() as i64,
+    );
+    let up: Family<RegionLabels, Gauge> = Family::default();
+    let latency: Family<RegionLabels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+    for (r, run) in coord.health.planes() {
+        up.get_or_create(&RegionLabels {
+            region: r.to_string(),
+        })
+        .set(run.up as i64);
+        if let Some(l) = run.latency {
+            latency
+                .get_or_create(&RegionLabels {
+                    region: r.to_string(),
+                })
+                .set(l.as_secs_f64());
+        }
+    }
+    reg.register(
+        "tern_probe_up",
+        "This coordinator's probe of a region's control plane: 1 up, 0 down",
+        up,
+    );
+    reg.register(
+        "tern_probe_latency_seconds",
+        "Latency of this coordinator's last successful control-plane probe",
+        latency,
+    );
+    if let Some((_, eval)) = coord.health.evaluation() {
+        gauge(
+            reg,
+            "tern_health_quorum",
+            "Leader only: 1 while it hears fresh reports from a quorum",
+            eval.quorum_ok as i64,
+        );
+        let computed: Family<RegionLabels, Gauge> = Family::default();
+        let reporting: Family<RegionLabels, Gauge> = Family::default();
+        let obs: Family<ObservationLabels, Gauge> = Family::default();
+        for (r, v) in &eval.regions {
+            computed
+                .get_or_create(&RegionLabels {
+                    region: r.to_string(),
+                })
+                .set(v.computed.as_number());
+            reporting
+                .get_or_create(&RegionLabels {
+                    region: r.to_string(),
+                })
+                .set(v.coordinator_reporting as i64);
+            for o in &v.observations {
+                obs.get_or_create(&ObservationLabels {
+                    region: r.to_string(),
+                    observer: o.observer.to_string(),
+                })
+                .set(o.up as i64);
+            }
+        }
+        reg.register(
+            "tern_region_computed_state",
+            "Leader only: the state the rules give now",
+            computed,
+        );
+        reg.register(
+            "tern_region_coordinator_reporting",
+            "Leader only: 1 while the region's own coordinator reports",
+            reporting,
+        );
+        reg.register(
+            "tern_region_observation_up",
+            "Leader only: what each observer reports of a region's control plane (1 up, 0 down)",
+            obs,
+        );
+    }
 }

@@ -43,6 +43,8 @@ pub struct Coordinator {
     pub thumbprint: Thumbprint,
     /// host:port other coordinators dial.
     pub advertise: String,
+    /// Region health: probe runs, the leader's detector and evaluation.
+    pub health: crate::health::Health,
 }
 
 /// What `run` writes to the ready file once it serves.
@@ -73,7 +75,17 @@ impl Coordinator {
             .membership()
             .get_node(&id)
             .map(|n| n.addr.clone())?;
-        Some((id, addr))
+        Some((id, self.dial_address(id, &addr)))
+    }
+
+    /// The address to dial for node `id`: its `dial_overrides` entry, if
+    /// any, else `addr`.
+    pub fn dial_address(&self, id: NodeId, addr: &str) -> String {
+        self.config
+            .dial_overrides
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| addr.to_string())
     }
 
     pub fn is_leader(&self) -> bool {
@@ -373,6 +385,7 @@ pub async fn run(
     let network = Network {
         channels: channels.clone(),
         stats: stats.clone(),
+        dial_overrides: Arc::new(config.dial_overrides.clone()),
     };
 
     let raft_config = Arc::new(
@@ -400,8 +413,17 @@ pub async fn run(
         pins,
         thumbprint,
         advertise: advertise.clone(),
+        health: crate::health::Health::new(config.health),
     });
     coord.refresh_pins();
+    let probe_ca = config
+        .probe
+        .ca_file
+        .clone()
+        .unwrap_or_else(|| config.ca_file.clone());
+    let prober = crate::health::Prober::new(&probe_ca)
+        .with_context(|| format!("loading probe.ca_file {}", probe_ca.display()))?;
+    crate::health::spawn(coord.clone(), prober);
     info!(parent: &span, thumbprint = %thumbprint.short(), grpc = %grpc_addr, http = %http_addr, advertise = %advertise, "coordinator starting");
 
     if config.initialize && !raft.is_initialized().await? {
@@ -498,6 +520,7 @@ async fn seed_member_table(coord: Arc<Coordinator>) {
         role: cfg.role,
         address: coord.advertise.clone(),
         thumbprints: [coord.thumbprint].into(),
+        control_plane: cfg.control_plane.clone(),
     }];
     for m in &cfg.bootstrap_members {
         members.push(Member {
@@ -506,6 +529,7 @@ async fn seed_member_table(coord: Arc<Coordinator>) {
             role: m.role,
             address: m.address.clone(),
             thumbprints: [m.thumbprint].into(),
+            control_plane: m.control_plane.clone(),
         });
     }
     let proposals: Vec<Proposal> = members

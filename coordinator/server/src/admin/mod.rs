@@ -109,6 +109,11 @@ impl Admin for AdminService {
             role: role_from_pb(r.role)?,
             address: r.address,
             thumbprints: [thumbprint].into(),
+            control_plane: if r.control_plane.is_empty() {
+                None
+            } else {
+                Some(r.control_plane)
+            },
         };
         Command::UpsertMember {
             member: member.clone(),
@@ -238,6 +243,147 @@ impl Admin for AdminService {
         });
         Ok(Response::new(pb::AuditResponse { records }))
     }
+
+    async fn regions(
+        &self,
+        req: Request<pb::RegionsRequest>,
+    ) -> Result<Response<pb::RegionsResponse>, Status> {
+        require_admin(&req)?;
+        Ok(Response::new(regions(&self.coord).await))
+    }
+
+    #[instrument(skip_all, name = "grpc.admin.pause")]
+    async fn pause(
+        &self,
+        req: Request<pb::PauseRequest>,
+    ) -> Result<Response<pb::PauseResponse>, Status> {
+        self.set_paused(req, true).await
+    }
+
+    #[instrument(skip_all, name = "grpc.admin.resume")]
+    async fn resume(
+        &self,
+        req: Request<pb::PauseRequest>,
+    ) -> Result<Response<pb::PauseResponse>, Status> {
+        self.set_paused(req, false).await
+    }
+}
+
+impl AdminService {
+    async fn set_paused(
+        &self,
+        req: Request<pb::PauseRequest>,
+        paused: bool,
+    ) -> Result<Response<pb::PauseResponse>, Status> {
+        let actor = require_admin(&req)?;
+        let r = req.into_inner();
+        let reason = if r.reason.is_empty() {
+            format!("by {actor}")
+        } else {
+            r.reason
+        };
+        let p = Proposal {
+            request_id: request_id(&r.request_id)?,
+            actor,
+            command: Command::SetPaused { paused, reason },
+        };
+        let reply = self
+            .coord
+            .submit(AdminOp::Propose { proposals: vec![p] })
+            .await?;
+        let (epoch, _) = first_outcome(&reply)?;
+        Ok(Response::new(pb::PauseResponse { epoch, paused }))
+    }
+}
+
+async fn leader_evaluation(coord: &Coordinator) -> Option<tern_core::Evaluation> {
+    if coord.is_leader() {
+        return coord.health.evaluation().map(|(_, e)| e);
+    }
+    let (_, addr) = coord.leader()?;
+    let mut client = coord.channels.raft_client(&addr).ok()?;
+    let mut req = tonic::Request::new(pb::HealthViewRequest {});
+    req.set_timeout(std::time::Duration::from_secs(3));
+    let r = client.health_view(req).await.ok()?.into_inner();
+    if r.evaluation.is_empty() {
+        return None;
+    }
+    serde_json::from_slice(&r.evaluation).ok()
+}
+
+/// Builds the regions answer: committed states from the local replica, live
+/// observations from the leader's detector.
+pub async fn regions(coord: &Coordinator) -> pb::RegionsResponse {
+    let eval = leader_evaluation(coord).await;
+    let (regions, records, frozen, paused, epoch, members) = coord.read_state(|s| {
+        (
+            s.regions(),
+            s.region_records().clone(),
+            s.frozen(),
+            s.paused(),
+            s.epoch(),
+            s.members().clone(),
+        )
+    });
+    let region_of = |id: u64| {
+        members
+            .get(&id)
+            .map(|m| m.region.to_string())
+            .unwrap_or_default()
+    };
+    let out = regions
+        .keys()
+        .map(|r| {
+            let rec = records.get(r).copied().unwrap_or_default();
+            let live = eval.as_ref().and_then(|e| e.regions.get(r));
+            let mut observers = Vec::new();
+            if let Some(v) = live {
+                for o in &v.observations {
+                    observers.push(pb::RegionObserverView {
+                        observer: o.observer,
+                        observer_region: region_of(o.observer),
+                        sees: if o.up { "up" } else { "down" }.into(),
+                        since_ms: o.since.0,
+                        report_age_ms: o.report_age_ms,
+                    });
+                }
+                for s in &v.silent {
+                    observers.push(pb::RegionObserverView {
+                        observer: *s,
+                        observer_region: region_of(*s),
+                        sees: "silent".into(),
+                        since_ms: 0,
+                        report_age_ms: 0,
+                    });
+                }
+            }
+            let control_plane = members
+                .values()
+                .find(|m| &m.region == r)
+                .and_then(|m| m.control_plane.clone())
+                .unwrap_or_default();
+            pb::RegionStatus {
+                region: r.to_string(),
+                state: rec.state.as_str().into(),
+                since_ms: rec.since.0,
+                epoch: rec.epoch,
+                computed: live
+                    .map(|v| v.computed.as_str().to_string())
+                    .unwrap_or_default(),
+                observers,
+                coordinator_reporting: live.map(|v| v.coordinator_reporting).unwrap_or(false),
+                control_plane,
+            }
+        })
+        .collect();
+    pb::RegionsResponse {
+        regions: out,
+        frozen,
+        paused,
+        quorum_ok: eval.as_ref().map(|e| e.quorum_ok).unwrap_or(false),
+        epoch,
+        live_view: eval.is_some(),
+    }
 }
 
 /// Builds the status answer from Raft's metrics, the member table and the
@@ -308,6 +454,7 @@ pub async fn status(coord: &Coordinator) -> pb::StatusResponse {
                 last_contact_ms,
                 replication_lag,
                 matched_index: if is_leader { matched } else { None },
+                control_plane: t.and_then(|t| t.control_plane.clone()).unwrap_or_default(),
             }
         })
         .collect();

@@ -173,6 +173,7 @@ pub async fn members(c: &ClientArgs, cmd: MembersCmd) -> anyhow::Result<i32> {
             thumbprint,
             role,
             learner,
+            control_plane,
             request_id,
         } => {
             let role = match role.as_str() {
@@ -189,6 +190,7 @@ pub async fn members(c: &ClientArgs, cmd: MembersCmd) -> anyhow::Result<i32> {
                     thumbprint,
                     voter: !learner,
                     request_id: request_id.unwrap_or_default(),
+                    control_plane: control_plane.unwrap_or_default(),
                 })
                 .await
                 .map_err(status_err)?
@@ -336,5 +338,149 @@ pub async fn audit(c: &ClientArgs, limit: u32) -> anyhow::Result<i32> {
             );
         }
     }
+    Ok(0)
+}
+
+fn rfc3339(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// The JSON form of `tern regions`: an array of regions.
+pub fn regions_json(r: &pb::RegionsResponse) -> serde_json::Value {
+    serde_json::Value::Array(
+        r.regions
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "region": g.region,
+                    "state": g.state,
+                    "since": if g.since_ms == 0 { None } else { Some(rfc3339(g.since_ms)) },
+                    "since_ms": g.since_ms,
+                    "epoch": g.epoch,
+                    "computed": if g.computed.is_empty() { None } else { Some(&g.computed) },
+                    "coordinator_reporting": g.coordinator_reporting,
+                    "control_plane": g.control_plane,
+                    "frozen": r.frozen,
+                    "paused": r.paused,
+                    "observers": g.observers.iter().map(|o| serde_json::json!({
+                        "observer": o.observer,
+                        "observer_region": o.observer_region,
+                        "sees": o.sees,
+                        "since_ms": o.since_ms,
+                        "report_age_ms": o.report_age_ms,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+pub async fn regions(c: &ClientArgs) -> anyhow::Result<i32> {
+    let mut client = connect(c).await?;
+    let r = client
+        .regions(pb::RegionsRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    if c.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&regions_json(&r))?);
+        return Ok(0);
+    }
+    println!(
+        "epoch {}{}{}{}",
+        r.epoch,
+        if r.frozen {
+            "   FROZEN (most regions look down: no new Unreachable decisions)"
+        } else {
+            ""
+        },
+        if r.paused {
+            "   PAUSED (automation off)"
+        } else {
+            ""
+        },
+        if !r.live_view {
+            "   (leader's live view unavailable)"
+        } else if !r.quorum_ok {
+            "   (leader hears no quorum of reports)"
+        } else {
+            ""
+        },
+    );
+    println!(
+        "{:<10} {:<12} {:<12} {:<26} {:>6}  OBSERVERS",
+        "REGION", "STATE", "COMPUTED", "SINCE", "EPOCH"
+    );
+    for g in &r.regions {
+        let obs: Vec<String> = g
+            .observers
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}:{}",
+                    if o.observer_region.is_empty() {
+                        o.observer.to_string()
+                    } else {
+                        o.observer_region.clone()
+                    },
+                    o.sees
+                )
+            })
+            .collect();
+        println!(
+            "{:<10} {:<12} {:<12} {:<26} {:>6}  {}{}",
+            g.region,
+            g.state,
+            if g.computed.is_empty() {
+                "-"
+            } else {
+                &g.computed
+            },
+            rfc3339(g.since_ms),
+            g.epoch,
+            obs.join(" "),
+            if g.coordinator_reporting || !r.live_view {
+                ""
+            } else {
+                "  [its coordinator is not reporting]"
+            },
+        );
+    }
+    Ok(0)
+}
+
+pub async fn pause(c: &ClientArgs, paused: bool, reason: String) -> anyhow::Result<i32> {
+    let mut client = connect(c).await?;
+    let req = pb::PauseRequest {
+        reason,
+        request_id: String::new(),
+    };
+    let r = if paused {
+        client.pause(req).await
+    } else {
+        client.resume(req).await
+    }
+    .map_err(status_err)?
+    .into_inner();
+    print_result(
+        c,
+        serde_json::json!({"paused": r.paused, "epoch": r.epoch}),
+        || {
+            format!(
+                "automation {} (epoch {})",
+                if r.paused { "paused" } else { "resumed" },
+                r.epoch
+            )
+        },
+    );
     Ok(0)
 }

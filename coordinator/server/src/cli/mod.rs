@@ -92,6 +92,26 @@ pub enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Region health: state, since, epoch, and what each observer sees.
+    Regions {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Pause automation: states are still computed and shown, nothing acts.
+    Pause {
+        /// Why (recorded in the audit trail)
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Resume automation.
+    Resume {
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Development PKI: a CA, coordinator and admin certificates.
     Pki {
         #[command(subcommand)]
@@ -126,6 +146,9 @@ pub enum MembersCmd {
         /// Keep it a learner (no vote)
         #[arg(long)]
         learner: bool,
+        /// The region's control plane URL (https://host:port); omit for a witness
+        #[arg(long)]
+        control_plane: Option<String>,
         /// Idempotency key (default: a new random id)
         #[arg(long)]
         request_id: Option<String>,
@@ -205,6 +228,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Members { cmd, client } => admin::members(&client, cmd).await,
         Cmd::Notes { cmd, client } => admin::notes(&client, cmd).await,
         Cmd::Audit { limit, client } => admin::audit(&client, limit).await,
+        Cmd::Regions { client } => admin::regions(&client).await,
+        Cmd::Pause { reason, client } => admin::pause(&client, true, reason).await,
+        Cmd::Resume { reason, client } => admin::pause(&client, false, reason).await,
         Cmd::Pki { cmd } => pki::run(cmd),
         Cmd::Demo { dir } => demo::run(&dir).await,
     }

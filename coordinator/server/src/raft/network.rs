@@ -126,6 +126,8 @@ impl PeerChannels {
 pub struct Network {
     pub channels: PeerChannels,
     pub stats: Arc<PeerStats>,
+    /// node id -> address to dial instead of the membership's.
+    pub dial_overrides: Arc<BTreeMap<NodeId, String>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {

@@ -30,6 +30,7 @@ fn member(id: u64, region: &str, tp: u8) -> Member {
         role: MemberRole::Region,
         address: format!("127.0.0.{id}:7400"),
         thumbprints: [Thumbprint([tp; 32])].into(),
+        control_plane: None,
     }
 }
 
