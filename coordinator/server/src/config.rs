@@ -567,14 +567,11 @@ impl Config {
                 "must be at most 100",
             ));
         }
-        match (self.role, &self.control_plane) {
-            (MemberRole::Witness, Some(_)) => {
-                return Err(invalid(
-                    "control_plane.url",
-                    "a witness has no control plane",
-                ));
-            }
-            _ => {}
+        if self.role == MemberRole::Witness && self.control_plane.is_some() {
+            return Err(invalid(
+                "control_plane.url",
+                "a witness has no control plane",
+            ));
         }
         for (i, m) in self.bootstrap_members.iter().enumerate() {
             if m.node_id == self.node_id {

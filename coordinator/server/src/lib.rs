@@ -19,6 +19,7 @@ pub mod node;
 pub mod ops;
 pub mod proposer;
 pub mod raft;
+pub mod standin;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -7,6 +7,7 @@
 mod admin;
 mod demo;
 mod pki;
+mod standin;
 
 use std::path::PathBuf;
 
@@ -123,6 +124,12 @@ pub enum Cmd {
         #[arg(long, default_value = "tern-demo")]
         dir: PathBuf,
     },
+    /// Run or steer the reference region stand-in (a test double of one
+    /// region's Ampora control plane).
+    StandIn {
+        #[command(subcommand)]
+        cmd: standin::StandInCmd,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +240,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Resume { reason, client } => admin::pause(&client, false, reason).await,
         Cmd::Pki { cmd } => pki::run(cmd),
         Cmd::Demo { dir } => demo::run(&dir).await,
+        Cmd::StandIn { cmd } => standin::run(cmd).await,
     }
 }
 
