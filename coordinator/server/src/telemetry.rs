@@ -27,3 +27,14 @@ pub fn init() {
         builder.try_init()
     };
 }
+
+/// Warnings only (for `tern demo`, whose own output is the interface).
+pub fn init_quiet() {
+    let filter = std::env::var("TERN_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter.unwrap_or_else(|| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .try_init();
+}

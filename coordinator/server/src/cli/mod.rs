@@ -118,11 +118,14 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: pki::PkiCmd,
     },
-    /// Run a local three-region federation on 127.0.0.x until Ctrl-C.
+    /// Run a local three-region federation on 127.0.0.x until Ctrl-C;
+    /// `tern demo outage|restore REGION` acts on a running demo.
     Demo {
         /// Where to keep the PKI, configurations, data and logs
-        #[arg(long, default_value = "tern-demo")]
+        #[arg(long, default_value = "tern-demo", global = true)]
         dir: PathBuf,
+        #[command(subcommand)]
+        action: Option<demo::DemoAction>,
     },
     /// Run or steer the reference region stand-in (a test double of one
     /// region's Ampora control plane).
@@ -239,7 +242,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Pause { reason, client } => admin::pause(&client, true, reason).await,
         Cmd::Resume { reason, client } => admin::pause(&client, false, reason).await,
         Cmd::Pki { cmd } => pki::run(cmd),
-        Cmd::Demo { dir } => demo::run(&dir).await,
+        Cmd::Demo { dir, action: None } => {
+            crate::telemetry::init_quiet();
+            demo::run(&dir).await
+        }
+        Cmd::Demo {
+            dir,
+            action: Some(a),
+        } => demo::action(&dir, a).await,
         Cmd::StandIn { cmd } => standin::run(cmd).await,
     }
 }
