@@ -39,12 +39,7 @@ async fn live() -> &'static str {
 /// committed.
 async fn ready(State(coord): State<Arc<Coordinator>>) -> impl IntoResponse {
     let m = coord.raft.metrics().borrow().clone();
-    let committed = coord
-        .raft
-        .with_raft_state(|st| st.committed.map(|l| l.index))
-        .await
-        .ok()
-        .flatten();
+    let committed = coord.committed_index().await;
     let applied = m.last_applied.map(|l| l.index);
     let leader = m.current_leader;
     let is_ready = leader.is_some() && applied >= committed;

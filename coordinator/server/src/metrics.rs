@@ -43,13 +43,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
 /// Renders the Prometheus text exposition of this coordinator.
 pub async fn render(coord: &Coordinator) -> String {
     let m = coord.raft.metrics().borrow().clone();
-    let committed = coord
-        .raft
-        .with_raft_state(|st| st.committed.map(|l| l.index))
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(0);
+    let committed = coord.committed_index().await.unwrap_or(0);
     let mut reg = Registry::default();
     let is_leader = m.current_leader == Some(coord.config.node_id);
     gauge(

@@ -88,6 +88,26 @@ impl Coordinator {
             .unwrap_or_else(|| addr.to_string())
     }
 
+    /// The highest log index this node knows to be committed.
+    pub async fn committed_index(&self) -> Option<u64> {
+        self.raft
+            .with_raft_state(|st| st.committed.map(|l| l.index))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Voting members, as Raft's membership says.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.config.node_id)
     }
@@ -212,14 +232,7 @@ impl Coordinator {
             .map_err(map_write_error)?;
         }
         // 3. Promote.
-        let is_voter = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == node_id);
+        let is_voter = self.voters().contains(&node_id);
         let mut log_index = reply.log_index;
         if voter && !is_voter {
             info!(node_id, "promoting learner to voter");

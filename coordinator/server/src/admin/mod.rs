@@ -390,12 +390,7 @@ pub async fn regions(coord: &Coordinator) -> pb::RegionsResponse {
 /// network's per-peer contact times.
 pub async fn status(coord: &Coordinator) -> pb::StatusResponse {
     let m = coord.raft.metrics().borrow().clone();
-    let committed = coord
-        .raft
-        .with_raft_state(|st| st.committed.map(|l| l.index))
-        .await
-        .ok()
-        .flatten();
+    let committed = coord.committed_index().await;
     let membership = m.membership_config.membership();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let last_log = m.last_log_index.unwrap_or(0);

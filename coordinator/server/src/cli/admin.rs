@@ -326,12 +326,7 @@ pub async fn audit(c: &ClientArgs, limit: u32) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for a in r.records {
-            let at = time::OffsetDateTime::from_unix_timestamp_nanos(a.at_ms as i128 * 1_000_000)
-                .map(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default()
-                })
-                .unwrap_or_default();
+            let at = rfc3339(a.at_ms);
             println!(
                 "{:>6} {} epoch {:<4} {:<16} {:<14} {}",
                 a.log_index, at, a.epoch, a.actor, a.kind, a.summary

@@ -155,17 +155,6 @@ pub fn spawn(coord: Arc<Coordinator>, prober: Prober) {
     tokio::spawn(leader_loop(coord).instrument(span));
 }
 
-fn voters(coord: &Coordinator) -> BTreeSet<NodeId> {
-    coord
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .collect()
-}
-
 async fn probe_loop(coord: Arc<Coordinator>, prober: Prober) {
     let cfg = coord.config.probe.clone();
     let interval = Duration::from_millis(cfg.interval_ms);
@@ -248,7 +237,7 @@ async fn probe_loop(coord: Arc<Coordinator>, prober: Prober) {
 }
 
 fn build_report(coord: &Coordinator, now: Instant) -> Report {
-    let voters = voters(coord);
+    let voters = coord.voters();
     let mut reachable: BTreeSet<NodeId> = coord
         .health
         .peers()
@@ -359,7 +348,7 @@ async fn leader_loop(coord: Arc<Coordinator>) {
             continue;
         }
         was_leader = true;
-        let voters = voters(&coord);
+        let voters = coord.voters();
         let (regions, committed, frozen, paused) = coord.read_state(|s| {
             (
                 s.regions(),
