@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::agents::AgentRegistration;
 use crate::health::{ObservationRecord, RegionState};
 use crate::ids::{NodeId, RegionName, RequestId};
 use crate::member::Member;
@@ -50,6 +51,14 @@ pub enum Command {
     /// regions look down at once. Proposed by the leader's detector. Bumps
     /// the epoch.
     SetFrozen { frozen: bool, reason: String },
+    /// Register (or re-register, e.g. after a leaf renewal) agents, many per
+    /// entry. Proposed by the coordinator a shim registered with.
+    RegisterAgents { agents: Vec<AgentRegistration> },
+    /// Changes to the standby plan, computed by the leader's planner. Agents
+    /// already failed over keep the standby their directive was fixed with.
+    SetStandbys {
+        standbys: Vec<(String, Option<RegionName>)>,
+    },
     /// Pause or resume automation (`tern pause` / `tern resume`). While
     /// paused, states are computed and shown but nothing acts on them.
     SetPaused { paused: bool, reason: String },
@@ -65,6 +74,8 @@ impl Command {
             Command::RegionTransition { .. } => "region_transition",
             Command::SetFrozen { .. } => "set_frozen",
             Command::SetPaused { .. } => "set_paused",
+            Command::RegisterAgents { .. } => "register_agents",
+            Command::SetStandbys { .. } => "set_standbys",
         }
     }
 
@@ -101,6 +112,16 @@ impl Command {
                 Ok(())
             }
             Command::SetFrozen { .. } | Command::SetPaused { .. } => Ok(()),
+            Command::RegisterAgents { agents } => {
+                if agents.is_empty() || agents.len() > 10_000 {
+                    return Err("a registration batch holds 1 to 10000 agents".into());
+                }
+                agents.iter().try_for_each(|a| {
+                    a.validate()
+                        .map_err(|e| format!("agent {:?}: {e}", a.agent_id))
+                })
+            }
+            Command::SetStandbys { .. } => Ok(()),
         }
     }
 }

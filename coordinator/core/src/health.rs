@@ -205,7 +205,7 @@ struct Received {
 
 /// The leader's detector: the latest report of each observer, and the
 /// grace-timer restarts after a freeze.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Detector {
     config: HealthConfig,
     reports: BTreeMap<NodeId, Received>,
@@ -225,7 +225,12 @@ impl Detector {
             config,
             reports: BTreeMap::new(),
             grace_floor: None,
-            was_frozen: false,
+            // FIX (health tests): a new detector cannot know when the last
+            // freeze ended (the previous leader's memory is gone), so it
+            // assumes one just did: its first evaluation restarts every grace
+            // timer. Without this a leader elected right after an unfreeze
+            // declared Unreachable at once (sim_grace_after_unfreeze).
+            was_frozen: true,
         }
     }
 
@@ -244,6 +249,9 @@ impl Detector {
     pub fn clear(&mut self) {
         self.reports.clear();
         self.grace_floor = None;
+        // FIX (health tests): as in `new`, the next leadership restarts
+        // every grace timer at its first evaluation.
+        self.was_frozen = true;
     }
 
     /// Marks the end of a freeze: every grace timer starts afresh from `now`.

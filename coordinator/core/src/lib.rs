@@ -7,14 +7,21 @@
 //! randomness as a seed. The same code runs in unit tests, in seeded
 //! simulations and in production.
 
+mod agents;
 mod audit;
 mod command;
 mod health;
+#[cfg(test)]
+mod health_tests;
 mod ids;
 mod member;
 mod state;
 mod time;
 
+pub use agents::{
+    normalize_capability, plan, preflight, AgentRegistration, ConfigRef, NoStandby, Plan,
+    RegionPlanInfo, REDIRECT_CAPABILITY,
+};
 pub use audit::AuditRecord;
 pub use command::{
     Batch, BatchResponse, Command, Outcome, Proposal, Rejection, MAX_NOTE_KEY, MAX_NOTE_VALUE,
@@ -26,7 +33,7 @@ pub use health::{
 pub use ids::{IdError, NodeId, RegionName, RequestId, Thumbprint};
 pub use member::{Member, MemberRole};
 pub use state::{
-    Meta, NoteRecord, ReplicatedState, RequestRecord, RowKey, StateError, AUDIT_KEEP,
-    REQUEST_KEEP_MAX, REQUEST_KEEP_MS,
+    AgentEntry, Meta, NoteRecord, Placement, ReplicatedState, RequestRecord, RowKey, StateError,
+    AUDIT_KEEP, REQUEST_KEEP_MAX, REQUEST_KEEP_MS,
 };
 pub use time::Millis;

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::agents::AgentRegistration;
 use crate::audit::AuditRecord;
 use crate::command::{Batch, BatchResponse, Command, Outcome, Proposal, Rejection};
 use crate::health::{RegionRecord, RegionState};
@@ -58,6 +59,28 @@ pub struct Meta {
     pub paused: bool,
 }
 
+/// Where an agent is, as far as Tern's decisions go.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "placement", rename_all = "snake_case")]
+pub enum Placement {
+    /// Served by its home region.
+    #[default]
+    Home,
+    /// Its home was declared Unreachable at `epoch`: directed to `target`.
+    Redirected { target: RegionName, epoch: u64 },
+    /// Its home was declared Unreachable at `epoch` and it had no standby.
+    Stranded { epoch: u64 },
+}
+
+/// A registered agent, its standby and its placement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentEntry {
+    pub registration: AgentRegistration,
+    pub standby: Option<RegionName>,
+    #[serde(default)]
+    pub placement: Placement,
+}
+
 /// A row of the persisted state machine.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RowKey {
@@ -67,6 +90,7 @@ pub enum RowKey {
     Audit(u64),
     Request(RequestId),
     Region(RegionName),
+    Agent(String),
 }
 
 impl RowKey {
@@ -78,6 +102,7 @@ impl RowKey {
             RowKey::Audit(_) => "audit",
             RowKey::Request(_) => "request",
             RowKey::Region(_) => "region",
+            RowKey::Agent(_) => "agent",
         }
     }
 
@@ -89,6 +114,7 @@ impl RowKey {
             RowKey::Audit(seq) => format!("{seq:020}"),
             RowKey::Request(r) => r.to_string(),
             RowKey::Region(r) => r.to_string(),
+            RowKey::Agent(a) => a.clone(),
         }
     }
 }
@@ -118,6 +144,8 @@ pub struct ReplicatedState {
     requests: BTreeMap<RequestId, RequestRecord>,
     #[serde(default)]
     regions: BTreeMap<RegionName, RegionRecord>,
+    #[serde(default)]
+    agents: BTreeMap<String, AgentEntry>,
     /// Derived from `requests`: expiry order.
     #[serde(skip)]
     request_order: BTreeSet<(Millis, RequestId)>,
@@ -158,6 +186,10 @@ impl ReplicatedState {
             out.entry(m.region.clone()).or_default().insert(m.node_id);
         }
         out
+    }
+
+    pub fn agents(&self) -> &BTreeMap<String, AgentEntry> {
+        &self.agents
     }
 
     pub fn frozen(&self) -> bool {
@@ -229,7 +261,7 @@ impl ReplicatedState {
             kind: p.command.kind().to_string(),
             summary,
             epoch: self.meta.epoch,
-            details: serde_json::to_value(&p.command).unwrap_or(serde_json::Value::Null),
+            details: audit_details(&p.command),
         });
         outcome
     }
@@ -347,13 +379,50 @@ impl ReplicatedState {
                     },
                 );
                 self.dirty.insert(RowKey::Region(region.clone()));
+                let moved = if *to == RegionState::Unreachable {
+                    self.activate_standbys(region)
+                } else {
+                    String::new()
+                };
                 let down = observations.iter().filter(|o| !o.up).count();
                 Ok(format!(
-                    "region {region}: {} -> {} ({down} of {} observations down)",
+                    "region {region}: {} -> {} ({down} of {} observations down){moved}",
                     from.as_str(),
                     to.as_str(),
                     observations.len()
                 ))
+            }
+            Command::RegisterAgents { agents } => {
+                let mut added = 0usize;
+                for a in agents {
+                    let entry = self.agents.entry(a.agent_id.clone()).or_insert_with(|| {
+                        added += 1;
+                        AgentEntry {
+                            registration: a.clone(),
+                            standby: None,
+                            placement: Placement::Home,
+                        }
+                    });
+                    entry.registration = a.clone();
+                    self.dirty.insert(RowKey::Agent(a.agent_id.clone()));
+                }
+                Ok(format!("{} agents registered ({added} new)", agents.len()))
+            }
+            Command::SetStandbys { standbys } => {
+                let mut changed = 0usize;
+                for (id, standby) in standbys {
+                    let Some(e) = self.agents.get_mut(id) else {
+                        continue;
+                    };
+                    // A failed-over agent's directive was fixed by the decision.
+                    if e.placement != Placement::Home || &e.standby == standby {
+                        continue;
+                    }
+                    e.standby = standby.clone();
+                    changed += 1;
+                    self.dirty.insert(RowKey::Agent(id.clone()));
+                }
+                Ok(format!("standby plan: {changed} agents changed"))
             }
             Command::SetFrozen { frozen, reason } => {
                 if self.meta.frozen == *frozen {
@@ -377,6 +446,39 @@ impl ReplicatedState {
                 self.bump_epoch();
                 Ok(format!("automation {word}: {reason}"))
             }
+        }
+    }
+
+    /// The committed Unreachable decision for `region` activates its standby
+    /// plan: every agent homed there is directed to its standby at the
+    /// current epoch (or stranded without one). One entry, whatever the
+    /// number of agents.
+    fn activate_standbys(&mut self, region: &RegionName) -> String {
+        let epoch = self.meta.epoch;
+        let (mut redirected, mut stranded) = (0usize, 0usize);
+        for (id, e) in self.agents.iter_mut() {
+            if &e.registration.home != region || e.placement != Placement::Home {
+                continue;
+            }
+            e.placement = match &e.standby {
+                Some(target) => {
+                    redirected += 1;
+                    Placement::Redirected {
+                        target: target.clone(),
+                        epoch,
+                    }
+                }
+                None => {
+                    stranded += 1;
+                    Placement::Stranded { epoch }
+                }
+            };
+            self.dirty.insert(RowKey::Agent(id.clone()));
+        }
+        if redirected + stranded == 0 {
+            String::new()
+        } else {
+            format!("; standby plan activated: {redirected} agents redirected, {stranded} stranded")
         }
     }
 
@@ -452,6 +554,7 @@ impl ReplicatedState {
             }
             RowKey::Request(id) => serde_json::to_string(self.requests.get(id)?),
             RowKey::Region(r) => serde_json::to_string(self.regions.get(r)?),
+            RowKey::Agent(a) => serde_json::to_string(self.agents.get(a)?),
         };
         v.ok()
     }
@@ -464,6 +567,7 @@ impl ReplicatedState {
         keys.extend(self.audit.iter().map(|a| RowKey::Audit(a.seq)));
         keys.extend(self.requests.keys().map(|r| RowKey::Request(r.clone())));
         keys.extend(self.regions.keys().map(|r| RowKey::Region(r.clone())));
+        keys.extend(self.agents.keys().map(|a| RowKey::Agent(a.clone())));
         keys.into_iter()
             .filter_map(|k| self.row_value(&k).map(|v| (k, v)))
             .collect()
@@ -514,6 +618,9 @@ impl ReplicatedState {
                     })?;
                     s.regions.insert(name, parse(&t, &k, &v)?);
                 }
+                "agent" => {
+                    s.agents.insert(k.clone(), parse(&t, &k, &v)?);
+                }
                 _ => return Err(StateError::UnknownTable(t)),
             }
         }
@@ -542,6 +649,20 @@ impl ReplicatedState {
         let mut s: ReplicatedState = serde_json::from_slice(bytes).map_err(StateError::Snapshot)?;
         s.rebuild_derived();
         Ok(s)
+    }
+}
+
+/// What the audit trail keeps of a command: the whole command, except for
+/// bulk commands (registrations, plan changes), which keep their size only.
+fn audit_details(c: &Command) -> serde_json::Value {
+    match c {
+        Command::RegisterAgents { agents } => {
+            serde_json::json!({ "kind": "register_agents", "agents": agents.len() })
+        }
+        Command::SetStandbys { standbys } => {
+            serde_json::json!({ "kind": "set_standbys", "changes": standbys.len() })
+        }
+        other => serde_json::to_value(other).unwrap_or(serde_json::Value::Null),
     }
 }
 
@@ -709,6 +830,134 @@ mod tests {
             }
         ));
         assert_eq!(s.members().len(), 1);
+    }
+
+    fn reg(id: &str, home: &str) -> crate::agents::AgentRegistration {
+        crate::agents::AgentRegistration {
+            agent_id: id.into(),
+            fingerprint: Thumbprint([7; 32]),
+            home: home.parse().expect("region"),
+            tenant: "t".into(),
+            config: crate::agents::ConfigRef {
+                id: "c".into(),
+                version: 1,
+                content_hash: "h".into(),
+            },
+            capabilities: ["AcceptsOpAMPConnectionSettings".to_string()].into(),
+            allowed_regions: None,
+            leaf_not_after: Millis(u64::MAX / 2),
+        }
+    }
+
+    // Property: the committed Unreachable decision activates the standby
+    // plan of every agent of that region in that one entry, at that entry's
+    // epoch; agents without a standby are stranded; the plan of failed-over
+    // agents cannot change afterwards; other regions' agents stay home.
+    #[test]
+    fn unreachable_decision_activates_the_plan_in_one_entry() {
+        let mut s = ReplicatedState::default();
+        let mut eu = member(1, "eu", 1);
+        eu.control_plane = Some("https://eu:1".into());
+        s.apply(
+            1,
+            &batch(
+                1,
+                vec![prop(
+                    "m",
+                    Command::UpsertMember {
+                        member: eu,
+                        expect_epoch: None,
+                    },
+                )],
+            ),
+        );
+        let agents: Vec<_> = (0..100)
+            .map(|i| reg(&format!("a{i:03}"), "eu"))
+            .chain([reg("x", "us")])
+            .collect();
+        s.apply(
+            2,
+            &batch(2, vec![prop("r", Command::RegisterAgents { agents })]),
+        );
+        let standbys = (0..99)
+            .map(|i| (format!("a{i:03}"), Some("us".parse().expect("r"))))
+            .collect();
+        s.apply(
+            3,
+            &batch(3, vec![prop("p", Command::SetStandbys { standbys })]),
+        );
+        s.apply(
+            4,
+            &batch(
+                4,
+                vec![prop(
+                    "t1",
+                    Command::RegionTransition {
+                        region: "eu".parse().expect("r"),
+                        from: RegionState::Healthy,
+                        to: RegionState::Suspect,
+                        observations: vec![],
+                    },
+                )],
+            ),
+        );
+        let before = s.epoch();
+        s.apply(
+            5,
+            &batch(
+                5,
+                vec![prop(
+                    "t2",
+                    Command::RegionTransition {
+                        region: "eu".parse().expect("r"),
+                        from: RegionState::Suspect,
+                        to: RegionState::Unreachable,
+                        observations: vec![],
+                    },
+                )],
+            ),
+        );
+        let epoch = s.epoch();
+        assert_eq!(epoch, before + 1);
+        let redirected = s
+            .agents()
+            .values()
+            .filter(
+                |e| matches!(&e.placement, Placement::Redirected { epoch: e2, .. } if *e2 == epoch),
+            )
+            .count();
+        assert_eq!(
+            redirected, 99,
+            "every agent with a standby is redirected at the decision's epoch"
+        );
+        assert_eq!(s.agents()["a099"].placement, Placement::Stranded { epoch });
+        assert_eq!(
+            s.agents()["x"].placement,
+            Placement::Home,
+            "another region's agent stays home"
+        );
+        s.apply(
+            6,
+            &batch(
+                6,
+                vec![prop(
+                    "p2",
+                    Command::SetStandbys {
+                        standbys: vec![("a000".into(), Some("ap".parse().expect("r")))],
+                    },
+                )],
+            ),
+        );
+        assert_eq!(
+            s.agents()["a000"].standby,
+            Some("us".parse().expect("r")),
+            "a failed-over agent's standby is fixed"
+        );
+        assert!(s
+            .audit()
+            .back()
+            .map(|a| a.details.to_string().len() < 200)
+            .unwrap_or(false));
     }
 
     // Property: request ids are forgotten after REQUEST_KEEP_MS of leader time.
