@@ -59,6 +59,15 @@ pub enum Command {
     SetStandbys {
         standbys: Vec<(String, Option<RegionName>)>,
     },
+    /// A region's agent trust bundle (the CA certificates its control plane
+    /// trusts for agents, PEM), fetched by that region's coordinator from
+    /// `/pki/trust-bundle.pem` and committed so every coordinator can verify
+    /// every region's agents before any outage.
+    SetTrustBundle {
+        region: RegionName,
+        pem: String,
+        sha256: String,
+    },
     /// Pause or resume automation (`tern pause` / `tern resume`). While
     /// paused, states are computed and shown but nothing acts on them.
     SetPaused { paused: bool, reason: String },
@@ -76,6 +85,7 @@ impl Command {
             Command::SetPaused { .. } => "set_paused",
             Command::RegisterAgents { .. } => "register_agents",
             Command::SetStandbys { .. } => "set_standbys",
+            Command::SetTrustBundle { .. } => "set_trust_bundle",
         }
     }
 
@@ -122,6 +132,18 @@ impl Command {
                 })
             }
             Command::SetStandbys { .. } => Ok(()),
+            Command::SetTrustBundle { pem, sha256, .. } => {
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err("the trust bundle holds no PEM certificate".into());
+                }
+                if pem.len() > 1024 * 1024 {
+                    return Err("the trust bundle is larger than 1 MiB".into());
+                }
+                if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err("sha256 must be 64 hex digits".into());
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -34,6 +34,6 @@ pub use ids::{IdError, NodeId, RegionName, RequestId, Thumbprint};
 pub use member::{Member, MemberRole};
 pub use state::{
     AgentEntry, Meta, NoteRecord, Placement, ReplicatedState, RequestRecord, RowKey, StateError,
-    AUDIT_KEEP, REQUEST_KEEP_MAX, REQUEST_KEEP_MS,
+    TrustBundle, AUDIT_KEEP, REQUEST_KEEP_MAX, REQUEST_KEEP_MS,
 };
 pub use time::Millis;

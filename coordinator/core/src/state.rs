@@ -81,6 +81,16 @@ pub struct AgentEntry {
     pub placement: Placement,
 }
 
+/// A region's agent trust bundle as committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustBundle {
+    pub pem: String,
+    /// SHA-256 of `pem` (hex), as computed by the fetching coordinator.
+    pub sha256: String,
+    /// Leader time of the commit.
+    pub at: Millis,
+}
+
 /// A row of the persisted state machine.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RowKey {
@@ -91,6 +101,7 @@ pub enum RowKey {
     Request(RequestId),
     Region(RegionName),
     Agent(String),
+    TrustBundle(RegionName),
 }
 
 impl RowKey {
@@ -103,6 +114,7 @@ impl RowKey {
             RowKey::Request(_) => "request",
             RowKey::Region(_) => "region",
             RowKey::Agent(_) => "agent",
+            RowKey::TrustBundle(_) => "trust_bundle",
         }
     }
 
@@ -115,6 +127,7 @@ impl RowKey {
             RowKey::Request(r) => r.to_string(),
             RowKey::Region(r) => r.to_string(),
             RowKey::Agent(a) => a.clone(),
+            RowKey::TrustBundle(r) => r.to_string(),
         }
     }
 }
@@ -146,6 +159,8 @@ pub struct ReplicatedState {
     regions: BTreeMap<RegionName, RegionRecord>,
     #[serde(default)]
     agents: BTreeMap<String, AgentEntry>,
+    #[serde(default)]
+    trust_bundles: BTreeMap<RegionName, TrustBundle>,
     /// Derived from `requests`: expiry order.
     #[serde(skip)]
     request_order: BTreeSet<(Millis, RequestId)>,
@@ -186,6 +201,11 @@ impl ReplicatedState {
             out.entry(m.region.clone()).or_default().insert(m.node_id);
         }
         out
+    }
+
+    /// Committed agent trust bundles by region.
+    pub fn trust_bundles(&self) -> &BTreeMap<RegionName, TrustBundle> {
+        &self.trust_bundles
     }
 
     pub fn agents(&self) -> &BTreeMap<String, AgentEntry> {
@@ -424,6 +444,32 @@ impl ReplicatedState {
                 }
                 Ok(format!("standby plan: {changed} agents changed"))
             }
+            Command::SetTrustBundle {
+                region,
+                pem,
+                sha256,
+            } => {
+                if self
+                    .trust_bundles
+                    .get(region)
+                    .is_some_and(|b| &b.sha256 == sha256)
+                {
+                    return Ok(format!("trust bundle of {region} unchanged"));
+                }
+                self.trust_bundles.insert(
+                    region.clone(),
+                    TrustBundle {
+                        pem: pem.clone(),
+                        sha256: sha256.clone(),
+                        at,
+                    },
+                );
+                self.dirty.insert(RowKey::TrustBundle(region.clone()));
+                Ok(format!(
+                    "trust bundle of {region} set (sha256 {})",
+                    &sha256[..12.min(sha256.len())]
+                ))
+            }
             Command::SetFrozen { frozen, reason } => {
                 if self.meta.frozen == *frozen {
                     return Err(Rejection::Conflict {
@@ -555,6 +601,7 @@ impl ReplicatedState {
             RowKey::Request(id) => serde_json::to_string(self.requests.get(id)?),
             RowKey::Region(r) => serde_json::to_string(self.regions.get(r)?),
             RowKey::Agent(a) => serde_json::to_string(self.agents.get(a)?),
+            RowKey::TrustBundle(r) => serde_json::to_string(self.trust_bundles.get(r)?),
         };
         v.ok()
     }
@@ -568,6 +615,11 @@ impl ReplicatedState {
         keys.extend(self.requests.keys().map(|r| RowKey::Request(r.clone())));
         keys.extend(self.regions.keys().map(|r| RowKey::Region(r.clone())));
         keys.extend(self.agents.keys().map(|a| RowKey::Agent(a.clone())));
+        keys.extend(
+            self.trust_bundles
+                .keys()
+                .map(|r| RowKey::TrustBundle(r.clone())),
+        );
         keys.into_iter()
             .filter_map(|k| self.row_value(&k).map(|v| (k, v)))
             .collect()
@@ -621,6 +673,14 @@ impl ReplicatedState {
                 "agent" => {
                     s.agents.insert(k.clone(), parse(&t, &k, &v)?);
                 }
+                "trust_bundle" => {
+                    let name: RegionName = k.parse().map_err(|e| StateError::Row {
+                        table: t.clone(),
+                        key: k.clone(),
+                        source: serde::de::Error::custom(e),
+                    })?;
+                    s.trust_bundles.insert(name, parse(&t, &k, &v)?);
+                }
                 _ => return Err(StateError::UnknownTable(t)),
             }
         }
@@ -661,6 +721,13 @@ fn audit_details(c: &Command) -> serde_json::Value {
         }
         Command::SetStandbys { standbys } => {
             serde_json::json!({ "kind": "set_standbys", "changes": standbys.len() })
+        }
+        Command::SetTrustBundle {
+            region,
+            sha256,
+            pem,
+        } => {
+            serde_json::json!({ "kind": "set_trust_bundle", "region": region, "sha256": sha256, "bytes": pem.len() })
         }
         other => serde_json::to_value(other).unwrap_or(serde_json::Value::Null),
     }
@@ -958,6 +1025,52 @@ mod tests {
             .back()
             .map(|a| a.details.to_string().len() < 200)
             .unwrap_or(false));
+    }
+
+    // Property: a region's trust bundle is committed once per content (an
+    // unchanged bundle changes nothing), survives the row round trip, and a
+    // bundle without a certificate is refused.
+    #[test]
+    fn trust_bundles_are_committed_by_content() {
+        let mut s = ReplicatedState::default();
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_string();
+        let sha = "ab".repeat(32);
+        let set = |id: &str, pem: &str| {
+            prop(
+                id,
+                Command::SetTrustBundle {
+                    region: "eu".parse().expect("r"),
+                    pem: pem.into(),
+                    sha256: sha.clone(),
+                },
+            )
+        };
+        s.apply(1, &batch(1, vec![set("a", &pem)]));
+        assert_eq!(
+            s.trust_bundles()[&"eu".parse::<RegionName>().expect("r")].at,
+            Millis(1)
+        );
+        s.take_dirty();
+        s.apply(2, &batch(2, vec![set("b", &pem)]));
+        assert!(
+            !s.take_dirty()
+                .iter()
+                .any(|k| matches!(k, RowKey::TrustBundle(_))),
+            "unchanged bundle rewritten"
+        );
+        let r = s.apply(3, &batch(3, vec![set("c", "not a certificate")]));
+        assert!(matches!(
+            r.outcomes[0],
+            Outcome::Rejected {
+                reason: Rejection::Invalid { .. }
+            }
+        ));
+        s.take_dirty();
+        let rows = s
+            .all_rows()
+            .into_iter()
+            .map(|(k, v)| (k.table().to_string(), k.key(), v));
+        assert_eq!(ReplicatedState::from_rows(rows).expect("load"), s);
     }
 
     // Property: request ids are forgotten after REQUEST_KEEP_MS of leader time.

@@ -3,7 +3,7 @@
 //! (forwarded from followers by `Coordinator::submit`). Conversions between
 //! generated protobuf types and core types live here and nowhere else.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -315,7 +315,7 @@ async fn leader_evaluation(coord: &Coordinator) -> Option<tern_core::Evaluation>
 /// observations from the leader's detector.
 pub async fn regions(coord: &Coordinator) -> pb::RegionsResponse {
     let eval = leader_evaluation(coord).await;
-    let (regions, records, frozen, paused, epoch, members) = coord.read_state(|s| {
+    let (regions, records, frozen, paused, epoch, members, bundles) = coord.read_state(|s| {
         (
             s.regions(),
             s.region_records().clone(),
@@ -323,6 +323,10 @@ pub async fn regions(coord: &Coordinator) -> pb::RegionsResponse {
             s.paused(),
             s.epoch(),
             s.members().clone(),
+            s.trust_bundles()
+                .iter()
+                .map(|(r, b)| (r.clone(), b.sha256.clone()))
+                .collect::<BTreeMap<_, _>>(),
         )
     });
     let region_of = |id: u64| {
@@ -373,6 +377,7 @@ pub async fn regions(coord: &Coordinator) -> pb::RegionsResponse {
                 observers,
                 coordinator_reporting: live.map(|v| v.coordinator_reporting).unwrap_or(false),
                 control_plane,
+                trust_bundle_sha256: bundles.get(r).cloned().unwrap_or_default(),
             }
         })
         .collect();

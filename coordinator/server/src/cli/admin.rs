@@ -364,6 +364,7 @@ pub fn regions_json(r: &pb::RegionsResponse) -> serde_json::Value {
                     "computed": if g.computed.is_empty() { None } else { Some(&g.computed) },
                     "coordinator_reporting": g.coordinator_reporting,
                     "control_plane": g.control_plane,
+                    "trust_bundle_sha256": if g.trust_bundle_sha256.is_empty() { None } else { Some(&g.trust_bundle_sha256) },
                     "frozen": r.frozen,
                     "paused": r.paused,
                     "observers": g.observers.iter().map(|o| serde_json::json!({

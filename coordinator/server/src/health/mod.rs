@@ -161,8 +161,13 @@ async fn probe_loop(coord: Arc<Coordinator>, prober: Prober) {
     let timeout = Duration::from_millis(cfg.timeout_ms);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_bundle_fetch = Instant::now();
     loop {
         tick.tick().await;
+        if Instant::now() >= next_bundle_fetch {
+            next_bundle_fetch =
+                Instant::now() + refresh_trust_bundle(&coord, &prober, timeout).await;
+        }
         let (planes, peers) = coord.read_state(|s| {
             let planes: Vec<(RegionName, String)> = s
                 .members()
@@ -233,6 +238,57 @@ async fn probe_loop(coord: Arc<Coordinator>, prober: Prober) {
         }
         let report = build_report(&coord, now);
         send_report(&coord, report, timeout).await;
+    }
+}
+
+/// Fetches this region's agent trust bundle and commits it when it changed.
+/// Returns when to fetch next: 30 s after a success, 5 s after a failure.
+async fn refresh_trust_bundle(coord: &Coordinator, prober: &Prober, timeout: Duration) -> Duration {
+    use sha2::Digest;
+    let Some(base) = coord.config.control_plane.clone() else {
+        return Duration::from_secs(3600);
+    };
+    let url = coord
+        .config
+        .probe
+        .overrides
+        .get(coord.config.region.as_str())
+        .cloned()
+        .unwrap_or(base);
+    let pem = match prober.trust_bundle(&url, timeout).await {
+        Ok(p) => p,
+        Err(e) => {
+            debug!(error = %e, "fetching this region's trust bundle failed");
+            return Duration::from_secs(5);
+        }
+    };
+    let sha256 = hex::encode(sha2::Sha256::digest(pem.as_bytes()));
+    let region = coord.config.region.clone();
+    let current = coord.read_state(|s| s.trust_bundles().get(&region).map(|b| b.sha256.clone()));
+    if current.as_deref() == Some(sha256.as_str()) {
+        return Duration::from_secs(30);
+    }
+    let Ok(request_id) = uuid::Uuid::new_v4().to_string().parse() else {
+        return Duration::from_secs(30);
+    };
+    let p = Proposal {
+        request_id,
+        actor: format!("node:{}", coord.config.node_id),
+        command: tern_core::Command::SetTrustBundle {
+            region: region.clone(),
+            pem,
+            sha256: sha256.clone(),
+        },
+    };
+    match coord.submit(AdminOp::Propose { proposals: vec![p] }).await {
+        Ok(_) => {
+            info!(region = %region, sha256 = %&sha256[..12], "agent trust bundle committed");
+            Duration::from_secs(30)
+        }
+        Err(e) => {
+            warn!(region = %region, error = %e, "committing the agent trust bundle failed");
+            Duration::from_secs(5)
+        }
     }
 }
 

@@ -35,6 +35,24 @@ impl Prober {
         Ok(Prober { client })
     }
 
+    /// Fetches `<base_url>/pki/trust-bundle.pem` (Ampora's documented,
+    /// unauthenticated endpoint): the CA certificates the region trusts for
+    /// its agents.
+    pub async fn trust_bundle(&self, base_url: &str, timeout: Duration) -> Result<String, String> {
+        let url = format!("{}/pki/trust-bundle.pem", base_url.trim_end_matches('/'));
+        let resp = self
+            .client
+            .get(&url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("answered {}", resp.status()));
+        }
+        resp.text().await.map_err(|e| e.to_string())
+    }
+
     /// Probes `base_url`'s readiness; returns the latency on success.
     pub async fn probe(&self, base_url: &str, timeout: Duration) -> Result<Duration, String> {
         let url = format!("{}/health/ready", base_url.trim_end_matches('/'));
