@@ -139,7 +139,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             node: node.clone(),
             client: self
                 .channels
-                .raft_client(&node.addr)
+                .raft_client(self.dial_overrides.get(&target).unwrap_or(&node.addr))
                 .map_err(|e| e.to_string()),
             stats: self.stats.clone(),
         }
