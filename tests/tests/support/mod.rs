@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod federation;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -123,6 +125,11 @@ pub struct NodeSpec<'a> {
     pub cert: Option<&'a str>,
     /// `region` or `witness`.
     pub role: &'a str,
+    /// Extra top-level TOML tables appended after the bootstrap members
+    /// (e.g. `[control_plane]`, `[probe]`, `[health]`, `[dial_overrides]`).
+    pub sections: &'a str,
+    /// Control plane URLs of bootstrap members: (node id, URL).
+    pub bootstrap_control_planes: Vec<(u64, String)>,
 }
 
 impl<'a> NodeSpec<'a> {
@@ -136,6 +143,8 @@ impl<'a> NodeSpec<'a> {
             extra: "",
             cert: None,
             role: "region",
+            sections: "",
+            bootstrap_control_planes: vec![],
         }
     }
 }
@@ -186,13 +195,27 @@ impl Node {
                 "\n[[bootstrap.members]]\nnode_id = {}\nregion = \"{}\"\naddress = \"{}\"\nthumbprint = \"{}\"\n",
                 n.node_id, n.region, addr, n.thumbprint
             ));
+            if let Some((_, url)) = spec
+                .bootstrap_control_planes
+                .iter()
+                .find(|(id, _)| *id == n.node_id)
+            {
+                t.push_str(&format!("control_plane = \"{url}\"\n"));
+            }
+        }
+        if !spec.sections.is_empty() {
+            t.push('\n');
+            t.push_str(spec.sections);
         }
         std::fs::write(self.config_path(), t)?;
         Ok(())
     }
 
     /// Starts `tern serve` on port 0 and waits for its ready file; then
-    /// rewrites the configuration with the bound ports for restarts.
+    /// rewrites the configuration with the bound ports for restarts. The
+    /// node's log filter is `TERN_TEST_NODE_LOG` if set (e.g.
+    /// `info,openraft=debug` to see elections), else info without
+    /// openraft's chatter.
     pub fn start(&mut self, h: &Harness, pki: &Pki, spec: &NodeSpec) -> anyhow::Result<Ready> {
         let ip = self.ip;
         self.write_config(pki, spec, &format!("{ip}:0"), &format!("{ip}:0"))?;
@@ -201,7 +224,11 @@ impl Node {
             ProcessSpec::new(format!("{}-{}", self.region, self.node_id), binary("tern"))
                 .args(["serve", "--config"])
                 .arg(self.config_path())
-                .env("TERN_LOG", "info,openraft=warn,tern_coordinator=info")
+                .env(
+                    "TERN_LOG",
+                    std::env::var("TERN_TEST_NODE_LOG")
+                        .unwrap_or("info,openraft=warn,tern_coordinator=info".into()),
+                )
                 .ready_file(self.dir.join("ready.json")),
         )?;
         let ready: Ready = p.wait_ready(Duration::from_secs(30))?;
@@ -299,7 +326,19 @@ impl Admin {
     }
 
     pub fn add_member(&self, addr: &str, n: &Node, role: &str) -> anyhow::Result<()> {
-        run_ok(self.cmd(addr).args([
+        self.add_member_with_control_plane(addr, n, role, None)
+    }
+
+    /// `tern members add`, with `--control-plane URL` when given.
+    pub fn add_member_with_control_plane(
+        &self,
+        addr: &str,
+        n: &Node,
+        role: &str,
+        control_plane: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let mut cmd = self.cmd(addr);
+        cmd.args([
             "members",
             "add",
             "--role",
@@ -312,7 +351,11 @@ impl Admin {
             &n.grpc(),
             "--thumbprint",
             &n.thumbprint,
-        ]))?;
+        ]);
+        if let Some(url) = control_plane {
+            cmd.args(["--control-plane", url]);
+        }
+        run_ok(&mut cmd)?;
         Ok(())
     }
 
@@ -342,4 +385,28 @@ pub fn leader_and_voters(s: &serde_json::Value) -> (Option<String>, usize) {
 /// Reads a file as text, or "" (for log assertions).
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// A plain HTTP/1.1 GET (the coordinator's health and metrics endpoints):
+/// returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("no HTTP status in {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
 }
