@@ -15,7 +15,10 @@
 //!   plane down, and becomes Unreachable only once that majority has seen it
 //!   down continuously for `down_after_ms` — one observer can never cause it;
 //! - Unreachable becomes Recovering when a majority sees it up again, and
-//!   Healthy after `up_after_ms` of continuous health seen by a majority;
+//!   Healthy after `up_after_ms` of continuous health seen by a majority; a
+//!   Recovering region goes back to Unreachable only after the same
+//!   `down_after_ms` of majority-down, so flapping while it recovers does
+//!   not bounce it;
 //! - the leader acts only while it hears fresh, unfenced reports from a
 //!   majority of voters (itself included); otherwise it is probably the
 //!   partitioned one;
@@ -426,16 +429,18 @@ impl Detector {
                     RegionState::Unreachable
                 }
             }
-            RegionState::Recovering => {
-                if down_since.is_some() {
+            // Its agents are still at their standby: going back to
+            // Unreachable changes nothing for them, so it takes the same
+            // down dwell as a first failure, and a region flapping while it
+            // recovers stays Recovering (its up timer restarts).
+            RegionState::Recovering => match (down_since, up_since) {
+                (Some(s), _) if !frozen && dwelt(s, self.config.down_after_ms) => {
                     RegionState::Unreachable
-                } else {
-                    match up_since {
-                        Some(s) if dwelt(s, self.config.up_after_ms) => RegionState::Healthy,
-                        _ => RegionState::Recovering,
-                    }
                 }
-            }
+                (Some(_), _) => RegionState::Recovering,
+                (None, Some(s)) if dwelt(s, self.config.up_after_ms) => RegionState::Healthy,
+                (None, _) => RegionState::Recovering,
+            },
         }
     }
 }

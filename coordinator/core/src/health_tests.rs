@@ -827,9 +827,9 @@ fn recovery_needs_up_after_of_continuous_majority_up() {
     );
 }
 
-// Property: a Recovering region goes back to Unreachable as soon as a
-// majority sees it down again (no down dwell: its agents never left their
-// standby), so a flapping region does not bounce its agents.
+// Property: a Recovering region goes back to Unreachable only after a
+// majority has seen it down again for down_after; a shorter relapse keeps it
+// Recovering, so a region flapping while it recovers does not bounce.
 #[test]
 fn recovering_returns_to_unreachable_when_majority_sees_it_down() {
     let mut c = Cluster::new(Layout::Three);
@@ -845,8 +845,14 @@ fn recovering_returns_to_unreachable_when_majority_sees_it_down() {
     scene.feed(&mut c, r + 22_000, &[1, 2, 3]);
     assert_eq!(
         briefs(&c.step(r + 22_000)),
+        Vec::<String>::new(),
+        "majority down again for only 2 s: still Recovering"
+    );
+    scene.feed(&mut c, r + 30_000, &[1, 2, 3]);
+    assert_eq!(
+        briefs(&c.step(r + 30_000)),
         vec!["eu: recovering -> unreachable"],
-        "majority down again (for 2 s): straight back to Unreachable"
+        "majority down again for down_after: back to Unreachable"
     );
 }
 
@@ -1251,7 +1257,8 @@ impl Oracle {
             RegionState::Unreachable if up.is_some() => RegionState::Recovering,
             RegionState::Unreachable => RegionState::Unreachable,
             RegionState::Recovering => match (down, up) {
-                (Some(_), _) => RegionState::Unreachable,
+                (Some(d), _) if !frozen && self.dwelt(now, d, DOWN) => RegionState::Unreachable,
+                (Some(_), _) => RegionState::Recovering,
                 (None, Some(u)) if self.dwelt(now, u, UP) => RegionState::Healthy,
                 _ => RegionState::Recovering,
             },

@@ -367,6 +367,8 @@ pub fn regions_json(r: &pb::RegionsResponse) -> serde_json::Value {
                     "trust_bundle_sha256": if g.trust_bundle_sha256.is_empty() { None } else { Some(&g.trust_bundle_sha256) },
                     "frozen": r.frozen,
                     "paused": r.paused,
+                    "live_view": r.live_view,
+                    "quorum_ok": r.quorum_ok,
                     "observers": g.observers.iter().map(|o| serde_json::json!({
                         "observer": o.observer,
                         "observer_region": o.observer_region,
