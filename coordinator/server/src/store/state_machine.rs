@@ -252,6 +252,52 @@ async fn write_pointers(conn: &mut SqliteConnection, p: &Pointers) -> Result<(),
     Ok(())
 }
 
+/// Rows per multi-row statement (3 bound parameters each, far below
+/// SQLite's limit of 32766).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Writes changed rows (`Some`: upsert, `None`: delete) with a few
+/// multi-row statements instead of one statement per row: a batch of many
+/// small commands changes thousands of rows per apply.
+async fn write_rows(
+    conn: &mut SqliteConnection,
+    rows: &[(&'static str, String, Option<String>)],
+) -> Result<(), sqlx::Error> {
+    let upserts: Vec<_> = rows
+        .iter()
+        .filter_map(|(t, k, v)| v.as_ref().map(|v| (*t, k, v)))
+        .collect();
+    for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO sm_rows (tbl, key, val) ");
+        q.push_values(chunk, |mut b, (t, k, v)| {
+            b.push_bind(*t).push_bind(k.as_str()).push_bind(v.as_str());
+        });
+        q.push(" ON CONFLICT(tbl, key) DO UPDATE SET val = excluded.val");
+        q.build().execute(&mut *conn).await?;
+    }
+    let deletes: Vec<_> = rows
+        .iter()
+        .filter(|(_, _, v)| v.is_none())
+        .map(|(t, k, _)| (*t, k))
+        .collect();
+    for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "DELETE FROM sm_rows WHERE (tbl, key) IN (VALUES ",
+        );
+        let mut sep = q.separated(", ");
+        for (t, k) in chunk {
+            sep.push("(");
+            sep.push_bind_unseparated(*t);
+            sep.push_unseparated(", ");
+            sep.push_bind_unseparated(k.as_str());
+            sep.push_unseparated(")");
+        }
+        q.push(")");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 async fn upsert_row(
     conn: &mut SqliteConnection,
     tbl: &str,
@@ -373,18 +419,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let (responses, rows, ptr) = self.apply_in_memory(&entries)?;
         let result: Result<(), CodecError> = async {
             let mut tx = conn.begin().await?;
-            for (tbl, key, val) in &rows {
-                match val {
-                    Some(v) => upsert_row(&mut tx, tbl, key, v).await?,
-                    None => {
-                        sqlx::query("DELETE FROM sm_rows WHERE tbl = ?1 AND key = ?2")
-                            .bind(*tbl)
-                            .bind(key.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
-            }
+            write_rows(&mut tx, &rows).await?;
             write_pointers(&mut tx, &ptr).await?;
             tx.commit().await?;
             Ok(())
