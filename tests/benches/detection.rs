@@ -129,35 +129,6 @@ fn choose_binary() -> anyhow::Result<PathBuf> {
     Ok(newest)
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
-        .unwrap_or_else(|| "unknown".into());
-    format!(
-        "{cpu}, {cores} cores, {mem} RAM, {} {}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    )
-}
-
 fn row(p: &Profile) -> String {
     let mut s = p.samples.clone();
     s.sort_unstable();
@@ -297,7 +268,7 @@ Samples (ms, in trial order):\n\n\
 - Patroni (PostgreSQL HA) fails over in about 30 s with its defaults (TTL 30 s).\n\
 - Consul's WAN gossip takes at least 35 s to declare a remote server failed.\n\n\
 {comparison}\n",
-        machine = machine(),
+        machine = tern_tests::machine(),
         binary = binary.display(),
         mode_calls = mode_calls.join("; "),
         rows = rows.join("\n"),

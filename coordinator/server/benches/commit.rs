@@ -75,38 +75,6 @@ fn median_by<F: Fn(&Run) -> f64>(runs: &[Run], f: F) -> f64 {
     v[v.len() / 2]
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().next().map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .unwrap_or("0")
-                    .parse::<u64>()
-                    .unwrap_or(0)
-            })
-        })
-        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
-        .unwrap_or_default();
-    format!(
-        "{cpu}, {cores} cores, {mem} RAM, {} {}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    )
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -156,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
         time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
     let report = format!(
         "# Commit benchmark\n\nDate: {date}\nMachine: {}\nBuild: release (`cargo bench -p tern-coordinator --bench commit`)\n\nThree coordinators in one process on 127.0.0.41-43, real mutual TLS gRPC between them and from the clients, SQLite stores in WAL mode with `synchronous=FULL` (every Raft entry is fsynced before it counts). Each write is one `PutNote` admin call (32-byte value) that returns only after the entry is committed and applied on the leader. Concurrent writes are batched by the proposer: many proposals per Raft entry. Each row is the median of three runs.\n\n| scenario | writes per run | committed writes/s | p50 latency (ms) | p99 latency (ms) |\n|---|---|---|---|---|\n{}\n\nAnchor: etcd publishes 583 writes/s at 1.6 ms for a single client (its own hardware). The target for Tern is at least 5,000 small commands/s from 64 clients on a 2-core machine.\n",
-        machine(),
+        tern_tests::machine(),
         rows.join("\n")
     );
     let path =

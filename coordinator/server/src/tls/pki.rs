@@ -304,7 +304,10 @@ fn gen_err(what: &'static str) -> impl Fn(rcgen::Error) -> TlsError {
 }
 
 fn pem_of(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der))
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 fn write_public(path: &Path, contents: &str) -> Result<(), TlsError> {
