@@ -27,7 +27,18 @@ pub enum ConfigError {
     Invalid { field: String, message: String },
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+impl ConfigError {
+    /// The field at fault, if the error is about one field.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Missing { field } => Some(field),
+            ConfigError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         message: message.into(),

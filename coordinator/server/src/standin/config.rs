@@ -18,39 +18,11 @@ use tern_core::{RegionName, Thumbprint};
 use super::secret::SecretHash;
 use crate::tls::{DevCa, Identity, TlsError};
 
-/// A stand-in configuration problem, naming the field at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum StandInConfigError {
-    #[error("cannot read configuration file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("configuration file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("configuration: `{field}` is required")]
-    Missing { field: &'static str },
-    #[error("configuration: `{field}`: {message}")]
-    Invalid { field: String, message: String },
-}
+/// A stand-in configuration problem, naming the field at fault: the same
+/// error as the coordinator's configuration.
+pub type StandInConfigError = crate::config::ConfigError;
 
-impl StandInConfigError {
-    /// The field at fault, if the error is about one field.
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            StandInConfigError::Missing { field } => Some(field),
-            StandInConfigError::Invalid { field, .. } => Some(field),
-            _ => None,
-        }
-    }
-}
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> StandInConfigError {
-    StandInConfigError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
-}
+use crate::config::invalid;
 
 // ------------------------------------------------------------ file layer
 
