@@ -333,16 +333,27 @@ fn start_coordinator(run: &mut Running) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The running parts of `region`, or the 404 answer naming it.
+fn find_region<'a>(
+    all: &'a mut [Running],
+    region: &str,
+) -> Result<&'a mut Running, (StatusCode, String)> {
+    all.iter_mut().find(|r| r.name == region).ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!("no region {region:?} in this demo"),
+        )
+    })
+}
+
 async fn outage(
     State(shared): State<Shared>,
     UrlPath(region): UrlPath<String>,
 ) -> (StatusCode, String) {
     let mut all = shared.lock().await;
-    let Some(run) = all.iter_mut().find(|r| r.name == region) else {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("no region {region:?} in this demo"),
-        );
+    let run = match find_region(&mut all, &region) {
+        Ok(r) => r,
+        Err(e) => return e,
     };
     if let Err(e) = run.standin.set_mode(Mode::Down).await {
         return (
@@ -364,11 +375,9 @@ async fn restore(
     UrlPath(region): UrlPath<String>,
 ) -> (StatusCode, String) {
     let mut all = shared.lock().await;
-    let Some(run) = all.iter_mut().find(|r| r.name == region) else {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("no region {region:?} in this demo"),
-        );
+    let run = match find_region(&mut all, &region) {
+        Ok(r) => r,
+        Err(e) => return e,
     };
     if let Err(e) = run.standin.set_mode(Mode::Up).await {
         return (
