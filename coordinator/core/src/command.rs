@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::agents::AgentRegistration;
+use crate::handover::{SignedBatch, TokenLeaf};
 use crate::health::{ObservationRecord, RegionState};
 use crate::ids::{NodeId, RegionName, RequestId};
 use crate::member::Member;
@@ -71,6 +72,88 @@ pub enum Command {
     /// Pause or resume automation (`tern pause` / `tern resume`). While
     /// paused, states are computed and shown but nothing acts on them.
     SetPaused { paused: bool, reason: String },
+    /// What a region offers as a standby, published by its own coordinator:
+    /// its OpAMP endpoint, capacity for agents from elsewhere, priority,
+    /// the configurations its control plane holds, and the public part of
+    /// its handover signing key.
+    SetRegionInfo {
+        region: RegionName,
+        update: RegionInfoUpdate,
+    },
+    /// A batch of staged handover authorizations of `region`'s agents: one
+    /// signature (by the region's key) over a Merkle root of the leaves.
+    StageAuthorizations {
+        region: RegionName,
+        batch: SignedBatch,
+        leaves: Vec<TokenLeaf>,
+    },
+    /// What shims reported after applying directives, many per entry.
+    ReportAgents { reports: Vec<AgentReport> },
+    /// An operator's override of a region (`tern drain|undrain|failover|
+    /// failback`). Fenced by the expected epoch. Bumps the epoch.
+    SetRegionMode {
+        region: RegionName,
+        mode: RegionMode,
+        expect_epoch: Option<u64>,
+    },
+    /// One hand-back wave: these agents of `region` (healthy again) are
+    /// directed home. Proposed by the leader's hand-back loop. Bumps the
+    /// epoch.
+    HandBack {
+        region: RegionName,
+        agents: Vec<String>,
+    },
+}
+
+/// An operator's override of a region.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegionMode {
+    /// Tern decides from the region's health.
+    #[default]
+    Auto,
+    /// Planned maintenance: agents move to their standbys, and the region
+    /// takes no standby agents.
+    Drained,
+    /// A manual failover: like an Unreachable decision, by an operator.
+    FailedOver,
+}
+
+impl RegionMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RegionMode::Auto => "auto",
+            RegionMode::Drained => "drained",
+            RegionMode::FailedOver => "failed_over",
+        }
+    }
+}
+
+/// What a region's coordinator publishes about its region.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RegionInfoUpdate {
+    /// The region's OpAMP endpoint (`wss://host:port/v1/opamp`).
+    pub opamp_endpoint: String,
+    /// Agents from other regions it takes as standby; None: unlimited.
+    pub capacity: Option<u64>,
+    /// Standby priority: lower goes first.
+    pub priority: u32,
+    /// Content hashes of the configurations its control plane holds.
+    pub configs: std::collections::BTreeSet<String>,
+    /// The region's handover signing key: key id and public key (hex).
+    pub signing_key: Option<(String, String)>,
+}
+
+/// One shim's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentReport {
+    pub agent_id: String,
+    /// The epoch of the directive it answers.
+    pub epoch: u64,
+    /// Where the agent is attached now (checked with that region).
+    pub serving: RegionName,
+    /// Attached (true) or the directive failed (false).
+    pub attached: bool,
 }
 
 impl Command {
@@ -86,6 +169,11 @@ impl Command {
             Command::RegisterAgents { .. } => "register_agents",
             Command::SetStandbys { .. } => "set_standbys",
             Command::SetTrustBundle { .. } => "set_trust_bundle",
+            Command::SetRegionInfo { .. } => "set_region_info",
+            Command::StageAuthorizations { .. } => "stage_authorizations",
+            Command::ReportAgents { .. } => "report_agents",
+            Command::SetRegionMode { .. } => "set_region_mode",
+            Command::HandBack { .. } => "hand_back",
         }
     }
 
@@ -132,6 +220,42 @@ impl Command {
                 })
             }
             Command::SetStandbys { .. } => Ok(()),
+            Command::SetRegionInfo { update, .. } => {
+                if !(update.opamp_endpoint.starts_with("wss://")
+                    || update.opamp_endpoint.starts_with("ws://"))
+                {
+                    return Err(format!(
+                        "opamp_endpoint must be a ws:// or wss:// URL, got {:?}",
+                        update.opamp_endpoint
+                    ));
+                }
+                if update.configs.len() > 100_000 {
+                    return Err("at most 100000 configurations".into());
+                }
+                Ok(())
+            }
+            Command::StageAuthorizations { batch, leaves, .. } => {
+                if leaves.is_empty() || leaves.len() > 10_000 {
+                    return Err("a staged batch holds 1 to 10000 agents".into());
+                }
+                if batch.header.leaf_count as usize != leaves.len() {
+                    return Err("leaf_count does not match the leaves".into());
+                }
+                Ok(())
+            }
+            Command::ReportAgents { reports } => {
+                if reports.is_empty() || reports.len() > 10_000 {
+                    return Err("a report batch holds 1 to 10000 reports".into());
+                }
+                Ok(())
+            }
+            Command::SetRegionMode { .. } => Ok(()),
+            Command::HandBack { agents, .. } => {
+                if agents.is_empty() || agents.len() > 10_000 {
+                    return Err("a hand-back wave holds 1 to 10000 agents".into());
+                }
+                Ok(())
+            }
             Command::SetTrustBundle { pem, sha256, .. } => {
                 if !pem.contains("-----BEGIN CERTIFICATE-----") {
                     return Err("the trust bundle holds no PEM certificate".into());

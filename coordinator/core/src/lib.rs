@@ -10,11 +10,13 @@
 mod agents;
 mod audit;
 mod command;
+mod handover;
 mod health;
 #[cfg(test)]
 mod health_tests;
 mod ids;
 mod member;
+mod rotation;
 mod state;
 mod time;
 
@@ -24,7 +26,14 @@ pub use agents::{
 };
 pub use audit::AuditRecord;
 pub use command::{
-    Batch, BatchResponse, Command, Outcome, Proposal, Rejection, MAX_NOTE_KEY, MAX_NOTE_VALUE,
+    AgentReport, Batch, BatchResponse, Command, Outcome, Proposal, RegionInfoUpdate, RegionMode,
+    Rejection, MAX_NOTE_KEY, MAX_NOTE_VALUE,
+};
+pub use handover::{
+    handover_key_id, sign_batch, token_for, verify_batch, verify_token, BatchHeader, BatchSpec,
+    HandoverError, HandoverToken, MerkleTree, SignedBatch, TokenError, TokenLeaf,
+    HANDOVER_CLOCK_SKEW_MS, HANDOVER_VERSION, MAX_AGENT_ID_LEN, MAX_ENCODED_TOKEN_LEN,
+    MAX_ENDPOINT_LEN, MAX_TOKEN_TTL_MS, MAX_TRUST_BUNDLE_LEN,
 };
 pub use health::{
     ClusterView, Detector, Evaluation, HealthConfig, ObservationRecord, RegionObservation,
@@ -32,8 +41,15 @@ pub use health::{
 };
 pub use ids::{IdError, NodeId, RegionName, RequestId, Thumbprint};
 pub use member::{Member, MemberRole};
+pub use rotation::{
+    expiry_alert, jitter_of, may_start, rotation_due_at, ApprovalPolicy, Blockers, Event,
+    Exclusion, HistoryEntry, Peer, Phase, PinKind, PinSubject, Rotation, RotationError,
+    RotationRequest, RotationStatus, Waiting, WhyNot, AUTOMATION_ACTOR, DUE_BY_PERCENT,
+    DUE_FROM_PERCENT, EXPIRY_ALERT_MS,
+};
 pub use state::{
-    AgentEntry, Meta, NoteRecord, Placement, ReplicatedState, RequestRecord, RowKey, StateError,
-    TrustBundle, AUDIT_KEEP, REQUEST_KEEP_MAX, REQUEST_KEEP_MS,
+    AgentDirective, AgentEntry, DirectiveAction, Meta, NoteRecord, Placement, RegionInfo,
+    ReplicatedState, RequestRecord, RowKey, StagedBatch, StagedRef, StateError, TrustBundle,
+    AUDIT_KEEP, REQUEST_KEEP_MAX, REQUEST_KEEP_MS,
 };
 pub use time::Millis;

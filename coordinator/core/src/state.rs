@@ -7,6 +7,8 @@
 //! each apply, `take_dirty()` names the rows to rewrite, and `row_value()`
 //! gives each row's new value (or `None`: delete it).
 
+mod fleet;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,7 @@ use crate::ids::{NodeId, RegionName, RequestId, Thumbprint};
 use crate::member::Member;
 use crate::member::MemberRole;
 use crate::time::Millis;
+pub use fleet::{AgentDirective, DirectiveAction, RegionInfo, StagedBatch, StagedRef};
 
 /// Audit records kept in the replicated state (older ones are dropped).
 pub const AUDIT_KEEP: usize = 10_000;
@@ -70,6 +73,20 @@ pub enum Placement {
     Redirected { target: RegionName, epoch: u64 },
     /// Its home was declared Unreachable at `epoch` and it had no standby.
     Stranded { epoch: u64 },
+    /// Its home is back: a hand-back wave at `epoch` directed it home. It
+    /// stays attached to its standby until home has accepted it.
+    Returning { epoch: u64 },
+}
+
+impl Placement {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Placement::Home => "home",
+            Placement::Redirected { .. } => "redirected",
+            Placement::Stranded { .. } => "stranded",
+            Placement::Returning { .. } => "returning",
+        }
+    }
 }
 
 /// A registered agent, its standby and its placement.
@@ -79,6 +96,15 @@ pub struct AgentEntry {
     pub standby: Option<RegionName>,
     #[serde(default)]
     pub placement: Placement,
+    /// The staged authorization that covers this agent, if any.
+    #[serde(default)]
+    pub staged: Option<StagedRef>,
+    /// Where the agent last reported being attached (None: not reported).
+    #[serde(default)]
+    pub serving: Option<RegionName>,
+    /// The epoch of the directive its last report answered.
+    #[serde(default)]
+    pub reported_epoch: u64,
 }
 
 /// A region's agent trust bundle as committed.
@@ -102,6 +128,8 @@ pub enum RowKey {
     Region(RegionName),
     Agent(String),
     TrustBundle(RegionName),
+    RegionInfo(RegionName),
+    Staged(RegionName, u64),
 }
 
 impl RowKey {
@@ -115,6 +143,8 @@ impl RowKey {
             RowKey::Region(_) => "region",
             RowKey::Agent(_) => "agent",
             RowKey::TrustBundle(_) => "trust_bundle",
+            RowKey::RegionInfo(_) => "region_info",
+            RowKey::Staged(..) => "staged",
         }
     }
 
@@ -128,6 +158,8 @@ impl RowKey {
             RowKey::Region(r) => r.to_string(),
             RowKey::Agent(a) => a.clone(),
             RowKey::TrustBundle(r) => r.to_string(),
+            RowKey::RegionInfo(r) => r.to_string(),
+            RowKey::Staged(r, id) => format!("{r}/{id:020}"),
         }
     }
 }
@@ -161,6 +193,11 @@ pub struct ReplicatedState {
     agents: BTreeMap<String, AgentEntry>,
     #[serde(default)]
     trust_bundles: BTreeMap<RegionName, TrustBundle>,
+    #[serde(default)]
+    region_info: BTreeMap<RegionName, RegionInfo>,
+    /// Staged authorization batches by source region and batch id.
+    #[serde(default)]
+    staged: BTreeMap<RegionName, BTreeMap<u64, StagedBatch>>,
     /// Derived from `requests`: expiry order.
     #[serde(skip)]
     request_order: BTreeSet<(Millis, RequestId)>,
@@ -399,10 +436,12 @@ impl ReplicatedState {
                     },
                 );
                 self.dirty.insert(RowKey::Region(region.clone()));
-                let moved = if *to == RegionState::Unreachable {
-                    self.activate_standbys(region)
-                } else {
-                    String::new()
+                let moved = match to {
+                    RegionState::Unreachable => self.activate_standbys(region, at),
+                    RegionState::Healthy if self.region_home_ready(region) => {
+                        self.region_back(region)
+                    }
+                    _ => String::new(),
                 };
                 let down = observations.iter().filter(|o| !o.up).count();
                 Ok(format!(
@@ -421,6 +460,9 @@ impl ReplicatedState {
                             registration: a.clone(),
                             standby: None,
                             placement: Placement::Home,
+                            staged: None,
+                            serving: None,
+                            reported_epoch: 0,
                         }
                     });
                     entry.registration = a.clone();
@@ -492,39 +534,22 @@ impl ReplicatedState {
                 self.bump_epoch();
                 Ok(format!("automation {word}: {reason}"))
             }
-        }
-    }
-
-    /// The committed Unreachable decision for `region` activates its standby
-    /// plan: every agent homed there is directed to its standby at the
-    /// current epoch (or stranded without one). One entry, whatever the
-    /// number of agents.
-    fn activate_standbys(&mut self, region: &RegionName) -> String {
-        let epoch = self.meta.epoch;
-        let (mut redirected, mut stranded) = (0usize, 0usize);
-        for (id, e) in self.agents.iter_mut() {
-            if &e.registration.home != region || e.placement != Placement::Home {
-                continue;
+            Command::SetRegionInfo { region, update } => self.set_region_info(region, update, at),
+            Command::StageAuthorizations {
+                region,
+                batch,
+                leaves,
+            } => self.stage(region, batch, leaves),
+            Command::ReportAgents { reports } => Ok(self.report_agents(reports)),
+            Command::SetRegionMode {
+                region,
+                mode,
+                expect_epoch,
+            } => {
+                self.check_epoch(*expect_epoch)?;
+                self.set_region_mode(region, *mode, at)
             }
-            e.placement = match &e.standby {
-                Some(target) => {
-                    redirected += 1;
-                    Placement::Redirected {
-                        target: target.clone(),
-                        epoch,
-                    }
-                }
-                None => {
-                    stranded += 1;
-                    Placement::Stranded { epoch }
-                }
-            };
-            self.dirty.insert(RowKey::Agent(id.clone()));
-        }
-        if redirected + stranded == 0 {
-            String::new()
-        } else {
-            format!("; standby plan activated: {redirected} agents redirected, {stranded} stranded")
+            Command::HandBack { region, agents } => self.hand_back(region, agents),
         }
     }
 
@@ -602,6 +627,8 @@ impl ReplicatedState {
             RowKey::Region(r) => serde_json::to_string(self.regions.get(r)?),
             RowKey::Agent(a) => serde_json::to_string(self.agents.get(a)?),
             RowKey::TrustBundle(r) => serde_json::to_string(self.trust_bundles.get(r)?),
+            RowKey::RegionInfo(r) => serde_json::to_string(self.region_info.get(r)?),
+            RowKey::Staged(r, id) => serde_json::to_string(self.staged.get(r)?.get(id)?),
         };
         v.ok()
     }
@@ -620,6 +647,14 @@ impl ReplicatedState {
                 .keys()
                 .map(|r| RowKey::TrustBundle(r.clone())),
         );
+        keys.extend(
+            self.region_info
+                .keys()
+                .map(|r| RowKey::RegionInfo(r.clone())),
+        );
+        for (r, batches) in &self.staged {
+            keys.extend(batches.keys().map(|id| RowKey::Staged(r.clone(), *id)));
+        }
         keys.into_iter()
             .filter_map(|k| self.row_value(&k).map(|v| (k, v)))
             .collect()
@@ -681,6 +716,21 @@ impl ReplicatedState {
                     })?;
                     s.trust_bundles.insert(name, parse(&t, &k, &v)?);
                 }
+                "region_info" => {
+                    let name: RegionName = k.parse().map_err(|e| StateError::Row {
+                        table: t.clone(),
+                        key: k.clone(),
+                        source: serde::de::Error::custom(e),
+                    })?;
+                    s.region_info.insert(name, parse(&t, &k, &v)?);
+                }
+                "staged" => {
+                    let b: StagedBatch = parse(&t, &k, &v)?;
+                    s.staged
+                        .entry(b.batch.header.source.clone())
+                        .or_default()
+                        .insert(b.batch.header.batch_id, b);
+                }
                 _ => return Err(StateError::UnknownTable(t)),
             }
         }
@@ -722,6 +772,27 @@ fn audit_details(c: &Command) -> serde_json::Value {
         Command::SetStandbys { standbys } => {
             serde_json::json!({ "kind": "set_standbys", "changes": standbys.len() })
         }
+        Command::StageAuthorizations {
+            region,
+            batch,
+            leaves,
+        } => serde_json::json!({
+            "kind": "stage_authorizations", "region": region,
+            "batch_id": batch.header.batch_id, "agents": leaves.len(),
+            "not_after": batch.header.not_after,
+        }),
+        Command::ReportAgents { reports } => {
+            serde_json::json!({ "kind": "report_agents", "reports": reports.len() })
+        }
+        Command::HandBack { region, agents } => {
+            serde_json::json!({ "kind": "hand_back", "region": region, "agents": agents.len() })
+        }
+        Command::SetRegionInfo { region, update } => serde_json::json!({
+            "kind": "set_region_info", "region": region,
+            "opamp_endpoint": update.opamp_endpoint, "capacity": update.capacity,
+            "priority": update.priority, "configs": update.configs.len(),
+            "signing_key": update.signing_key.as_ref().map(|k| &k.0),
+        }),
         Command::SetTrustBundle {
             region,
             sha256,
@@ -748,6 +819,95 @@ mod tests {
             thumbprints: [Thumbprint([tp; 32])].into(),
             control_plane: None,
         }
+    }
+
+    /// Publishes standby information for `source` (with a signing key) and
+    /// `target`, commits a trust bundle for `source`, and stages one signed
+    /// batch covering every agent of `source` whose standby is `target`.
+    fn stage_all(s: &mut ReplicatedState, source: &str, target: &str) {
+        use ring::signature::KeyPair;
+        let key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[7u8; 32]).expect("key");
+        let public: String = key
+            .public_key()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let key_id = crate::handover::handover_key_id(key.public_key().as_ref());
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let info = |signing_key| crate::command::RegionInfoUpdate {
+            opamp_endpoint: "wss://x.test/v1/opamp".into(),
+            capacity: None,
+            priority: 0,
+            configs: Default::default(),
+            signing_key,
+        };
+        let cmds = vec![
+            prop(
+                "ri-src",
+                Command::SetRegionInfo {
+                    region: source.parse().expect("r"),
+                    update: info(Some((key_id, public))),
+                },
+            ),
+            prop(
+                "ri-dst",
+                Command::SetRegionInfo {
+                    region: target.parse().expect("r"),
+                    update: info(None),
+                },
+            ),
+            prop(
+                "tb",
+                Command::SetTrustBundle {
+                    region: source.parse().expect("r"),
+                    pem: pem.into(),
+                    sha256: "ab".repeat(32),
+                },
+            ),
+        ];
+        s.apply(3, &batch(3, cmds));
+        let leaves: Vec<crate::handover::TokenLeaf> = s
+            .agents()
+            .iter()
+            .filter(|(_, e)| {
+                e.registration.home.as_str() == source
+                    && e.standby.as_ref().map(|r| r.as_str()) == Some(target)
+            })
+            .map(|(id, e)| crate::handover::TokenLeaf {
+                agent_id: id.clone(),
+                fingerprint: e.registration.fingerprint,
+                home: e.registration.home.clone(),
+                target: target.parse().expect("r"),
+                target_endpoint: "wss://x.test/v1/opamp".into(),
+            })
+            .collect();
+        let spec = crate::handover::BatchSpec {
+            source: source.parse().expect("r"),
+            batch_id: 1,
+            epoch: s.epoch(),
+            issued_at: Millis(0),
+            not_after: Millis(3_600_000),
+        };
+        let (b, _) = crate::handover::sign_batch(&spec, pem, &leaves, &key).expect("sign");
+        let out = s.apply(
+            3,
+            &batch(
+                3,
+                vec![prop(
+                    "stage",
+                    Command::StageAuthorizations {
+                        region: source.parse().expect("r"),
+                        batch: b,
+                        leaves,
+                    },
+                )],
+            ),
+        );
+        assert!(
+            matches!(out.outcomes[0], Outcome::Applied { .. }),
+            "staging applied: {out:?}"
+        );
     }
 
     fn prop(id: &str, command: Command) -> Proposal {
@@ -925,17 +1085,28 @@ mod tests {
         let mut s = ReplicatedState::default();
         let mut eu = member(1, "eu", 1);
         eu.control_plane = Some("https://eu:1".into());
+        let mut us = member(2, "us", 2);
+        us.control_plane = Some("https://us:1".into());
         s.apply(
             1,
             &batch(
                 1,
-                vec![prop(
-                    "m",
-                    Command::UpsertMember {
-                        member: eu,
-                        expect_epoch: None,
-                    },
-                )],
+                vec![
+                    prop(
+                        "m",
+                        Command::UpsertMember {
+                            member: eu,
+                            expect_epoch: None,
+                        },
+                    ),
+                    prop(
+                        "m2",
+                        Command::UpsertMember {
+                            member: us,
+                            expect_epoch: None,
+                        },
+                    ),
+                ],
             ),
         );
         let agents: Vec<_> = (0..100)
@@ -953,6 +1124,7 @@ mod tests {
             3,
             &batch(3, vec![prop("p", Command::SetStandbys { standbys })]),
         );
+        stage_all(&mut s, "eu", "us");
         s.apply(
             4,
             &batch(

@@ -70,6 +70,8 @@ pub struct FileConfig {
     pub probe: FileProbe,
     #[serde(default)]
     pub health: FileHealth,
+    #[serde(default)]
+    pub agents: FileAgents,
     /// Dial these coordinators at another address than the member table's
     /// (split-horizon networks, relays): node id -> host:port.
     #[serde(default)]
@@ -92,6 +94,17 @@ pub struct FileProbe {
     /// Probe a region's control plane at another URL: region -> URL.
     #[serde(default)]
     pub overrides: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAgents {
+    pub opamp_endpoint: Option<String>,
+    pub capacity: Option<u64>,
+    pub priority: Option<u32>,
+    pub token_ttl_ms: Option<u64>,
+    pub handback_wave_size: Option<usize>,
+    pub handback_wave_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -308,6 +321,43 @@ pub struct Config {
     pub health: tern_core::HealthConfig,
     /// node id -> host:port to dial instead of the member table's address.
     pub dial_overrides: std::collections::BTreeMap<NodeId, String>,
+    /// Agents, standbys and handover (`[agents]`).
+    pub agents: AgentsConfig,
+}
+
+/// The `[agents]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentsConfig {
+    /// This region's OpAMP endpoint, where agents (and agents handed over
+    /// from other regions) connect. Default: `wss://<control plane
+    /// host:port>/v1/opamp`.
+    pub opamp_endpoint: Option<String>,
+    /// Agents from other regions this region takes as standby. Default:
+    /// unlimited.
+    pub capacity: Option<u64>,
+    /// Standby priority: regions with a lower number are chosen first.
+    /// Default 100.
+    pub priority: u32,
+    /// Lifetime of staged handover authorizations, ms; at most 1 h, at
+    /// least 1 min. Refreshed when half of it is left. Default 3,600,000.
+    pub token_ttl_ms: u64,
+    /// Agents directed home per hand-back wave. Default 100.
+    pub handback_wave_size: usize,
+    /// Time between hand-back waves, ms. Default 1,000.
+    pub handback_wave_interval_ms: u64,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            opamp_endpoint: None,
+            capacity: None,
+            priority: 100,
+            token_ttl_ms: 3_600_000,
+            handback_wave_size: 100,
+            handback_wave_interval_ms: 1_000,
+        }
+    }
 }
 
 impl Config {
@@ -481,6 +531,21 @@ impl Config {
             check_url("control_plane.url", u)?;
         }
 
+        let da = AgentsConfig::default();
+        let agents = AgentsConfig {
+            opamp_endpoint: file.agents.opamp_endpoint,
+            capacity: file.agents.capacity,
+            priority: file.agents.priority.unwrap_or(da.priority),
+            token_ttl_ms: file.agents.token_ttl_ms.unwrap_or(da.token_ttl_ms),
+            handback_wave_size: file
+                .agents
+                .handback_wave_size
+                .unwrap_or(da.handback_wave_size),
+            handback_wave_interval_ms: file
+                .agents
+                .handback_wave_interval_ms
+                .unwrap_or(da.handback_wave_interval_ms),
+        };
         let cfg = Config {
             node_id,
             region,
@@ -501,6 +566,7 @@ impl Config {
             probe,
             health,
             dial_overrides,
+            agents,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -570,6 +636,32 @@ impl Config {
             return Err(invalid(
                 "health.report_ttl_ms",
                 "must be at least probe.interval_ms",
+            ));
+        }
+        if let Some(e) = &self.agents.opamp_endpoint {
+            if !(e.starts_with("wss://") || e.starts_with("ws://")) {
+                return Err(invalid(
+                    "agents.opamp_endpoint",
+                    format!("must be a wss:// or ws:// URL, got {e:?}"),
+                ));
+            }
+        }
+        if !(60_000..=3_600_000).contains(&self.agents.token_ttl_ms) {
+            return Err(invalid(
+                "agents.token_ttl_ms",
+                "must be between 60000 (1 min) and 3600000 (1 h)",
+            ));
+        }
+        if self.agents.handback_wave_size == 0 || self.agents.handback_wave_size > 10_000 {
+            return Err(invalid(
+                "agents.handback_wave_size",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.agents.handback_wave_interval_ms == 0 {
+            return Err(invalid(
+                "agents.handback_wave_interval_ms",
+                "must be greater than 0",
             ));
         }
         if self.health.freeze_above_permille > 1000 {

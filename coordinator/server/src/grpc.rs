@@ -7,12 +7,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::Stream;
-use tern_proto::v1::agent_server::{Agent, AgentServer};
+use tern_proto::v1::agent_server::AgentServer;
 use tern_proto::v1::raft_transport_server::{RaftTransport, RaftTransportServer};
 use tern_proto::v1::{
-    CoordinatorEndpoint, ForwardRequest, ForwardResponse, HealthReport, HealthReportAck,
-    HealthViewRequest, HealthViewResponse, ListCoordinatorsRequest, ListCoordinatorsResponse,
-    PingRequest, PingResponse, RaftPayload,
+    ForwardRequest, ForwardResponse, HealthReport, HealthReportAck, HealthViewRequest,
+    HealthViewResponse, PingRequest, PingResponse, RaftPayload,
 };
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -40,7 +39,7 @@ where
     let admin = tern_proto::v1::admin_server::AdminServer::new(AdminService {
         coord: coord.clone(),
     });
-    let agent = AgentServer::new(AgentService { coord });
+    let agent = AgentServer::new(crate::agents::service::AgentService { coord });
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
@@ -159,34 +158,5 @@ impl RaftTransport for RaftService {
             None => (Vec::new(), 0),
         };
         Ok(Response::new(HealthViewResponse { evaluation, at_ms }))
-    }
-}
-
-struct AgentService {
-    coord: Arc<Coordinator>,
-}
-
-#[tonic::async_trait]
-impl Agent for AgentService {
-    async fn list_coordinators(
-        &self,
-        _req: Request<ListCoordinatorsRequest>,
-    ) -> Result<Response<ListCoordinatorsResponse>, Status> {
-        let (coordinators, epoch) = self.coord.read_state(|s| {
-            let list = s
-                .members()
-                .values()
-                .map(|m| CoordinatorEndpoint {
-                    node_id: m.node_id,
-                    region: m.region.to_string(),
-                    address: m.address.clone(),
-                })
-                .collect();
-            (list, s.epoch())
-        });
-        Ok(Response::new(ListCoordinatorsResponse {
-            coordinators,
-            epoch,
-        }))
     }
 }

@@ -7,6 +7,7 @@
 //! the core and executes what it says.
 
 pub mod admin;
+pub mod agents;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -112,6 +112,7 @@ impl LocalCluster {
                 probe: Default::default(),
                 health: Default::default(),
                 dial_overrides: Default::default(),
+                agents: Default::default(),
             };
             nodes.push(LocalNode::spawn(config, grpc, http)?);
         }

@@ -29,6 +29,24 @@ struct ObservationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    state: String,
+    home_region: String,
+    serving_region: String,
+}
+
+/// Open agent directive streams on this coordinator.
+static AGENT_WATCHES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+pub(crate) fn agent_watch_opened() {
+    AGENT_WATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn agent_watch_closed() {
+    AGENT_WATCHES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerKindLabels {
     peer: String,
     kind: String,
@@ -158,6 +176,7 @@ pub async fn render(coord: &Coordinator) -> String {
         contact,
     );
     render_health(coord, &mut reg);
+    render_agents(coord, &mut reg);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out.clear();
@@ -276,4 +295,77 @@ fn render_health(coord: &Coordinator, reg: &mut Registry) {
             obs,
         );
     }
+}
+
+/// Agents by placement, home and serving region (from the replicated
+/// state: the same on every coordinator), handovers in flight and stranded
+/// agents per home region, and this coordinator's open directive streams.
+fn render_agents(coord: &Coordinator, reg: &mut Registry) {
+    let agents: Family<AgentLabels, Gauge> = Family::default();
+    let in_flight: Family<RegionLabels, Gauge> = Family::default();
+    let stranded: Family<RegionLabels, Gauge> = Family::default();
+    coord.read_state(|s| {
+        for r in s.region_info().keys() {
+            in_flight
+                .get_or_create(&RegionLabels {
+                    region: r.to_string(),
+                })
+                .set(0);
+            stranded
+                .get_or_create(&RegionLabels {
+                    region: r.to_string(),
+                })
+                .set(0);
+        }
+        for e in s.agents().values() {
+            let home = e.registration.home.to_string();
+            agents
+                .get_or_create(&AgentLabels {
+                    state: e.placement.as_str().to_string(),
+                    home_region: home.clone(),
+                    serving_region: e
+                        .serving
+                        .as_ref()
+                        .map(|r| r.to_string())
+                        .unwrap_or_default(),
+                })
+                .inc();
+            let label = RegionLabels { region: home };
+            match &e.placement {
+                tern_core::Placement::Redirected { target, .. }
+                    if e.serving.as_ref() != Some(target) =>
+                {
+                    in_flight.get_or_create(&label).inc();
+                }
+                tern_core::Placement::Returning { .. } => {
+                    in_flight.get_or_create(&label).inc();
+                }
+                tern_core::Placement::Stranded { .. } => {
+                    stranded.get_or_create(&label).inc();
+                }
+                _ => {}
+            }
+        }
+    });
+    reg.register(
+        "tern_agents",
+        "Registered agents by placement (home, redirected, returning, stranded), home region and last reported serving region",
+        agents,
+    );
+    reg.register(
+        "tern_handovers_in_flight",
+        "Agents of a home region directed away or home that have not yet reported attached",
+        in_flight,
+    );
+    reg.register(
+        "tern_agents_stranded",
+        "Agents of a failed-over home region with no usable standby",
+        stranded,
+    );
+    gauge(
+        reg,
+        "tern_agent_streams",
+        "Open agent directive streams on this coordinator",
+        AGENT_WATCHES.load(std::sync::atomic::Ordering::Relaxed),
+    );
 }

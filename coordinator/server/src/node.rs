@@ -45,6 +45,10 @@ pub struct Coordinator {
     pub advertise: String,
     /// Region health: probe runs, the leader's detector and evaluation.
     pub health: crate::health::Health,
+    /// Agents: batching, signing key, tokens.
+    pub agents: crate::agents::AgentHub,
+    /// Agent CA bundles accepted by the TLS acceptor.
+    pub agent_trust: tls::AgentTrust,
 }
 
 /// What `run` writes to the ready file once it serves.
@@ -326,6 +330,23 @@ impl Coordinator {
         }
     }
 
+    /// Follows the committed agent trust bundles: the TLS acceptor accepts
+    /// agents of every region with a committed bundle.
+    pub fn refresh_agent_trust(&self) {
+        let bundles = self.read_state(|s| s.trust_bundles().clone());
+        for (region, b) in &bundles {
+            match self.agent_trust.set(region, &b.pem, &b.sha256) {
+                Ok(true) => info!(region = %region, "agent trust bundle in use"),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(region = %region, error = %e, "committed agent trust bundle does not load")
+                }
+            }
+        }
+        self.agent_trust
+            .retain(&bundles.keys().cloned().collect::<Vec<_>>());
+    }
+
     fn bootstrap_pins(&self) -> BTreeSet<Thumbprint> {
         let mut s: BTreeSet<Thumbprint> = self
             .config
@@ -427,8 +448,14 @@ pub async fn run(
         thumbprint,
         advertise: advertise.clone(),
         health: crate::health::Health::new(config.health),
+        agents: crate::agents::AgentHub::new(
+            crate::agents::SigningKey::load_or_create(&config.data_dir)
+                .context("the handover signing key")?,
+        ),
+        agent_trust: tls_server.agent_trust().clone(),
     });
     coord.refresh_pins();
+    coord.refresh_agent_trust();
     let probe_ca = config
         .probe
         .ca_file
@@ -437,6 +464,14 @@ pub async fn run(
     let prober = crate::health::Prober::new(&probe_ca)
         .with_context(|| format!("loading probe.ca_file {}", probe_ca.display()))?;
     crate::health::spawn(coord.clone(), prober);
+    let region_client = match &config.control_plane {
+        Some(cp) => Some(
+            crate::agents::RegionClient::new(cp, &probe_ca, &config.cert_file, &config.key_file)
+                .context("the control-plane client")?,
+        ),
+        None => None,
+    };
+    crate::agents::spawn(coord.clone(), region_client);
     info!(parent: &span, thumbprint = %thumbprint.short(), grpc = %grpc_addr, http = %http_addr, advertise = %advertise, "coordinator starting");
 
     if config.initialize && !raft.is_initialized().await? {
@@ -459,6 +494,7 @@ pub async fn run(
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 coord.refresh_pins();
+                coord.refresh_agent_trust();
             }
         });
     }

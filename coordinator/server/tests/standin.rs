@@ -84,6 +84,8 @@ fn config_in(
         data_dir: dir.join("data"),
         agent_ca: None,
         federation_peers: peers,
+        configs: Default::default(),
+        coordinator_ca_file: None,
         ready_file: Some(dir.join("ready.json")),
     }
 }

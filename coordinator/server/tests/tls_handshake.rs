@@ -117,6 +117,29 @@ impl Agent for Probe {
             epoch: 0,
         }))
     }
+
+    async fn register(
+        &self,
+        _req: Request<tern_proto::v1::RegisterRequest>,
+    ) -> Result<Response<tern_proto::v1::RegisterResponse>, Status> {
+        Err(Status::unimplemented("probe"))
+    }
+
+    type WatchStream = futures::stream::Empty<Result<tern_proto::v1::Directive, Status>>;
+
+    async fn watch(
+        &self,
+        _req: Request<tern_proto::v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("probe"))
+    }
+
+    async fn report(
+        &self,
+        _req: Request<tern_proto::v1::ReportRequest>,
+    ) -> Result<Response<tern_proto::v1::ReportResponse>, Status> {
+        Err(Status::unimplemented("probe"))
+    }
 }
 
 /// A tonic server on 127.0.0.1:0 behind `tls::incoming`; aborted on drop.

@@ -34,6 +34,11 @@ fn require_admin<T>(req: &Request<T>) -> Result<String, Status> {
                 p.thumbprint.short()
             ))
             .into()),
+            PeerRole::Agent { .. } => Err(ApiError::PermissionDenied(format!(
+                "certificate {} is an agent certificate, not an administrator's",
+                p.thumbprint.short()
+            ))
+            .into()),
         },
         None => Err(Status::unauthenticated("no verified client certificate")),
     }

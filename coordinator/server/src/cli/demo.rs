@@ -166,6 +166,8 @@ pub async fn run(dir: &Path) -> anyhow::Result<i32> {
             data_dir: rdir.join("stand-in"),
             agent_ca: None,
             federation_peers: vec![],
+            configs: Default::default(),
+            coordinator_ca_file: None,
             ready_file: None,
         };
         let (https, control) = standin::bind(&cfg).await?;

@@ -23,7 +23,7 @@ pub enum StandInCmd {
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
         #[command(flatten)]
-        overrides: StandInOverrides,
+        overrides: Box<StandInOverrides>,
         /// Validate the configuration (and load its certificate files) and exit
         #[arg(long)]
         check: bool,
@@ -66,7 +66,7 @@ pub async fn run(cmd: StandInCmd) -> anyhow::Result<i32> {
             config,
             overrides,
             check,
-        } => serve(config, overrides, check).await,
+        } => serve(config, *overrides, check).await,
         StandInCmd::Mode {
             control,
             mode,

@@ -46,6 +46,21 @@ pub struct StandInFile {
     pub agent_ca: Option<StandInFileAgentCa>,
     #[serde(default)]
     pub federation: StandInFileFederation,
+    #[serde(default)]
+    pub handover: StandInFileHandover,
+}
+
+/// `[handover]`: Tern's handover contract.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandInFileHandover {
+    /// `handover.configs`: content hashes of the configurations the region
+    /// holds (answered by `GET /tern/v1/configs`).
+    #[serde(default)]
+    pub configs: Vec<String>,
+    /// `handover.coordinator_ca_file`: CA whose client certificates may
+    /// make the coordinator's contract calls (install keys, mark moved).
+    pub coordinator_ca_file: Option<PathBuf>,
 }
 
 /// `[listen]`.
@@ -128,6 +143,14 @@ pub struct StandInOverrides {
     /// Agent CA private key (PEM); required with --agent-ca-cert
     #[arg(long)]
     pub agent_ca_key: Option<PathBuf>,
+    /// Content hash of a configuration the region holds (repeatable; adds
+    /// to the file's handover.configs)
+    #[arg(long = "config-hash")]
+    pub config_hashes: Vec<String>,
+    /// CA (PEM) whose client certificates may make the coordinator's
+    /// contract calls (install handover keys, mark agents moved)
+    #[arg(long)]
+    pub coordinator_ca: Option<PathBuf>,
 }
 
 // ------------------------------------------------------------ validated
@@ -186,6 +209,12 @@ pub struct StandInConfig {
     /// The federation peers `GET /api/federation/ping` recognises. Default:
     /// none (every ping is red).
     pub federation_peers: Vec<FederationPeer>,
+    /// Content hashes of the configurations the region holds. Default:
+    /// none.
+    pub configs: BTreeSet<String>,
+    /// CA whose client certificates may make the coordinator's contract
+    /// calls. Default: none (those calls are refused).
+    pub coordinator_ca_file: Option<PathBuf>,
     /// JSON file written (atomically) once both listeners are up: `region`,
     /// `https`, `control`, `pid`. Default: none.
     pub ready_file: Option<PathBuf>,
@@ -295,6 +324,17 @@ impl StandInConfig {
             data_dir,
             agent_ca,
             federation_peers,
+            configs: file
+                .handover
+                .configs
+                .iter()
+                .chain(o.config_hashes.iter())
+                .cloned()
+                .collect(),
+            coordinator_ca_file: o
+                .coordinator_ca
+                .clone()
+                .or(file.handover.coordinator_ca_file.map(rel)),
             ready_file: o.ready_file.clone().or(file.ready_file.map(rel)),
         };
         config.validate()?;

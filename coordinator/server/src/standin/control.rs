@@ -23,10 +23,18 @@ pub const MODE_PATH: &str = "/_standin/mode";
 /// `GET` the region, mode and counters.
 pub const STATS_PATH: &str = "/_standin/stats";
 
+/// `GET` the handover state: keys, attachments, moved marks, counters.
+pub const HANDOVER_PATH: &str = "/_standin/handover";
+
+async fn handover(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.handover.status()).into_response()
+}
+
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(MODE_PATH, get(get_mode).post(post_mode))
         .route(STATS_PATH, get(stats))
+        .route(HANDOVER_PATH, get(handover))
         .with_state(shared)
 }
 

@@ -105,11 +105,24 @@ pub async fn start(
             source,
         })?;
 
+    let coordinator_ca = match &config.coordinator_ca_file {
+        Some(p) => {
+            Some(crate::tls::CaBundle::load(p).map_err(|e| StandInError::Tls(e.to_string()))?)
+        }
+        None => None,
+    };
+    let handover = super::handover::HandoverState::new(
+        config.configs.clone(),
+        &agent_ca.cert_pem(),
+        coordinator_ca.as_ref(),
+    )
+    .map_err(StandInError::Tls)?;
     let shared = Arc::new(Shared::new(
         config.region.clone(),
         https_addr,
         agent_ca.cert_pem(),
         config.federation_peers.clone(),
+        handover,
     ));
     let https_task = tokio::spawn(
         listener::run(

@@ -25,6 +25,7 @@ mod config;
 mod control;
 mod error;
 mod handle;
+mod handover;
 mod listener;
 mod mode;
 mod ping;
@@ -39,9 +40,11 @@ pub use config::{
     validate_peers, AgentCaFiles, FederationPeer, StandInConfig, StandInConfigError, StandInFile,
     StandInOverrides,
 };
+pub use control::HANDOVER_PATH;
 pub use control::{MODE_PATH, STATS_PATH};
 pub use error::StandInError;
 pub use handle::{bind, run, start, StandInHandle, StandInReady};
+pub use handover::{AttachResponse, Attachment, HandoverStatus, MovedMark, Via};
 pub use mode::{Mode, ModeName, ModeReport, ModeRequest, MAX_DELAY_MS};
 pub use ping::{evaluate as evaluate_ping, Factor, PingEvaluation, PingResponse, SECRET_HEADER};
 pub use region::{FEDERATION_PING, LIVE, READY, TRUST_BUNDLE};

@@ -15,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use rustls::pki_types::CertificateDer;
 
@@ -46,6 +46,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(READY, get(ready))
         .route(TRUST_BUNDLE, get(trust_bundle))
         .route(FEDERATION_PING, get(federation_ping))
+        .route(super::handover::CONFIGS, get(super::handover::configs))
+        .route(super::handover::KEYS, put(super::handover::install_keys))
+        .route(super::handover::MOVED, post(super::handover::mark_moved))
+        .route(super::handover::ATTACH, post(super::handover::attach))
+        .route(super::handover::AGENT, get(super::handover::agent))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), faults))
         .with_state(shared)
@@ -58,6 +63,7 @@ async fn faults(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
         READY => READY,
         TRUST_BUNDLE => TRUST_BUNDLE,
         FEDERATION_PING => FEDERATION_PING,
+        p if p.starts_with("/tern/v1/") => "tern_contract",
         _ => OTHER,
     };
     let response = match shared.mode() {

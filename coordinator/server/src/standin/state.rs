@@ -62,6 +62,7 @@ pub(crate) struct Shared {
     pub(crate) https_addr: SocketAddr,
     pub(crate) trust_bundle_pem: String,
     pub(crate) stats: Stats,
+    pub(crate) handover: super::handover::HandoverState,
     peers: RwLock<Arc<Vec<FederationPeer>>>,
     desired: watch::Sender<Desired>,
     applied: watch::Sender<Applied>,
@@ -74,6 +75,7 @@ impl Shared {
         https_addr: SocketAddr,
         trust_bundle_pem: String,
         peers: Vec<FederationPeer>,
+        handover: super::handover::HandoverState,
     ) -> Shared {
         let (desired, _) = watch::channel(Desired {
             seq: 0,
@@ -90,6 +92,7 @@ impl Shared {
             https_addr,
             trust_bundle_pem,
             stats: Stats::default(),
+            handover,
             peers: RwLock::new(Arc::new(peers)),
             desired,
             applied,

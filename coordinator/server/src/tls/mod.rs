@@ -10,6 +10,7 @@
 //! RPCs (handlers do, from [`PeerIdentity`]). Keys never appear in logs or
 //! `Debug` output.
 
+mod agents;
 mod client;
 mod error;
 mod files;
@@ -22,9 +23,11 @@ mod verify;
 use sha2::{Digest, Sha256};
 use tern_core::Thumbprint;
 
+pub use agents::AgentTrust;
 pub use client::{channel, ChannelOptions, TlsClient, TlsConnection, TlsConnector};
 pub use error::TlsError;
 pub use files::{CaBundle, Identity, TlsFiles};
+pub(crate) use peer::agent_names_of;
 pub use peer::{is_valid_admin_name, peer_identity, PeerIdentity, PeerRole, ADMIN_URI_PREFIX};
 pub use pins::PinSet;
 pub use pki::{DevCa, IssuedCert};
@@ -34,7 +37,7 @@ pub use server::{incoming, Incoming, PeerStream, TlsServer, HANDSHAKE_TIMEOUT};
 const ALPN_H2: &[u8] = b"h2";
 
 /// The crypto provider every configuration is built with.
-fn provider() -> rustls::crypto::CryptoProvider {
+pub(crate) fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 

@@ -24,6 +24,14 @@ pub enum PeerRole {
         /// The `<name>` of the URI SAN.
         name: String,
     },
+    /// An agent (through its shim): its leaf chains to the committed agent
+    /// trust bundle of `region`, the region whose CA issued it.
+    Agent {
+        region: tern_core::RegionName,
+        /// The names the leaf carries (subject CN, DNS and URI SANs): an
+        /// agent may register only under an id its certificate names.
+        names: Vec<String>,
+    },
 }
 
 impl fmt::Display for PeerRole {
@@ -31,6 +39,7 @@ impl fmt::Display for PeerRole {
         match self {
             PeerRole::Peer => f.write_str("peer"),
             PeerRole::Admin { name } => write!(f, "admin:{name}"),
+            PeerRole::Agent { region, .. } => write!(f, "agent:{region}"),
         }
     }
 }
@@ -87,6 +96,29 @@ pub(crate) fn admin_name_of(der: &[u8]) -> Result<Option<String>, String> {
         return Err(format!("invalid admin name {name:?} in URI SAN"));
     }
     Ok(Some(name.to_string()))
+}
+
+/// The names an agent leaf carries: subject common names, DNS and URI
+/// subject alternative names. Empty when the certificate does not parse.
+pub(crate) fn agent_names_of(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+                x509_parser::extensions::GeneralName::URI(u) => names.push(u.to_string()),
+                _ => {}
+            }
+        }
+    }
+    names
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use super::peer::PeerIdentity;
 use super::verify::ClientVerifier;
-use super::{provider, CaBundle, Identity, PinSet, TlsError, TlsFiles, ALPN_H2};
+use super::{provider, AgentTrust, CaBundle, Identity, PinSet, TlsError, TlsFiles, ALPN_H2};
 
 /// How long a client may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,8 +54,9 @@ impl ServerState {
         admin_ca: Option<&CaBundle>,
         identity: &Identity,
         pins: PinSet,
+        agents: AgentTrust,
     ) -> Result<ServerState, TlsError> {
-        let verifier = Arc::new(ClientVerifier::new(cluster_ca, admin_ca, pins)?);
+        let verifier = Arc::new(ClientVerifier::new(cluster_ca, admin_ca, pins, agents)?);
         let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(TlsError::config)?
@@ -85,6 +86,7 @@ impl ServerState {
 pub struct TlsServer {
     state: watch::Sender<Arc<ServerState>>,
     pins: PinSet,
+    agents: AgentTrust,
 }
 
 impl TlsServer {
@@ -103,9 +105,15 @@ impl TlsServer {
         identity: &Identity,
         pins: PinSet,
     ) -> Result<TlsServer, TlsError> {
-        let state = ServerState::build(cluster_ca, admin_ca, identity, pins.clone())?;
+        let agents = AgentTrust::default();
+        let state =
+            ServerState::build(cluster_ca, admin_ca, identity, pins.clone(), agents.clone())?;
         let (state, _) = watch::channel(Arc::new(state));
-        Ok(TlsServer { state, pins })
+        Ok(TlsServer {
+            state,
+            pins,
+            agents,
+        })
     }
 
     /// Re-reads `files` and uses them for every new handshake. On error the
@@ -122,7 +130,13 @@ impl TlsServer {
         admin_ca: Option<&CaBundle>,
         identity: &Identity,
     ) -> Result<(), TlsError> {
-        let state = ServerState::build(cluster_ca, admin_ca, identity, self.pins.clone())?;
+        let state = ServerState::build(
+            cluster_ca,
+            admin_ca,
+            identity,
+            self.pins.clone(),
+            self.agents.clone(),
+        )?;
         tracing::info!(
             target: "tls",
             thumbprint = %state.thumbprint.short(),
@@ -130,6 +144,12 @@ impl TlsServer {
         );
         self.state.send_replace(Arc::new(state));
         Ok(())
+    }
+
+    /// The agent trust this server's verifier consults (shared: updates
+    /// take effect for new handshakes).
+    pub fn agent_trust(&self) -> &AgentTrust {
+        &self.agents
     }
 
     /// Thumbprint of the certificate presented to new connections.

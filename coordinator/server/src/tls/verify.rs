@@ -19,7 +19,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCer
 use tern_core::Thumbprint;
 
 use super::peer::{admin_name_of, PeerRole};
-use super::{provider, thumbprint_of_der, CaBundle, PinSet, TlsError};
+use super::{provider, thumbprint_of_der, AgentTrust, CaBundle, PinSet, TlsError};
 
 /// Why a client certificate was refused: a reason for the log and the
 /// rustls error that selects the TLS alert.
@@ -36,6 +36,7 @@ pub(crate) struct ClientVerifier {
     /// `None`: admins chain to the cluster CA.
     admin: Option<Arc<dyn ClientCertVerifier>>,
     pins: PinSet,
+    agents: AgentTrust,
     hints: Vec<DistinguishedName>,
 }
 
@@ -44,6 +45,7 @@ impl ClientVerifier {
         cluster_ca: &CaBundle,
         admin_ca: Option<&CaBundle>,
         pins: PinSet,
+        agents: AgentTrust,
     ) -> Result<ClientVerifier, TlsError> {
         let build = |ca: &CaBundle| {
             WebPkiClientVerifier::builder_with_provider(ca.root_store()?, Arc::new(provider()))
@@ -60,6 +62,7 @@ impl ClientVerifier {
             cluster,
             admin,
             pins,
+            agents,
             hints,
         })
     }
@@ -69,7 +72,8 @@ impl ClientVerifier {
     /// have changed in between; the second answer is the one that counts).
     /// Order: pinned and chaining to the cluster CA is a Peer (even with an
     /// admin URI SAN); otherwise an admin URI SAN must chain to the admin
-    /// CA; anything else is refused with the most specific reason.
+    /// CA; then a leaf chaining to a region's committed agent trust bundle
+    /// is an Agent; anything else is refused with the most specific reason.
     pub(crate) fn classify(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -109,6 +113,10 @@ impl ClientVerifier {
                 };
             }
             Ok(None) => {}
+        }
+        if let Some(region) = self.agents.issuer_region(end_entity, intermediates, now) {
+            let names = super::peer::agent_names_of(end_entity);
+            return Ok(PeerRole::Agent { region, names });
         }
         match cluster {
             Err(e) => Err(refuse(format!("not accepted by the cluster CA: {e}"), e)),
