@@ -997,6 +997,15 @@ pub fn describe(regions: &[RegionView]) -> String {
 
 /// Writes a stand-in's configuration file (`listen` holds `ip:0` on the
 /// first start, then the bound addresses so a restart keeps them).
+/// The configurations (content hashes) region `region`'s stand-in holds:
+/// every region holds `cfg-common`; `cfg-west` only eu and us.
+pub fn plane_configs(region: &str) -> Vec<&'static str> {
+    match region {
+        "eu" | "us" => vec!["cfg-common", "cfg-west"],
+        _ => vec!["cfg-common"],
+    }
+}
+
 fn write_plane_config(
     dir: &std::path::Path,
     pki: &Pki,
@@ -1006,9 +1015,15 @@ fn write_plane_config(
 ) -> anyhow::Result<()> {
     let name = format!("{region}-plane");
     let text = format!(
-        "region = \"{region}\"\ndata_dir = \"data\"\nready_file = \"ready.json\"\n\n[listen]\nhttps = \"{https}\"\ncontrol = \"{control}\"\n\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        "region = \"{region}\"\ndata_dir = \"data\"\nready_file = \"ready.json\"\n\n[listen]\nhttps = \"{https}\"\ncontrol = \"{control}\"\n\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[handover]\nconfigs = [{}]\ncoordinator_ca_file = \"{}\"\n",
         pki.cert(&name).display(),
         pki.key(&name).display(),
+        plane_configs(region)
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        pki.dir.join("ca.pem").display(),
     );
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("plane.toml"), text)?;

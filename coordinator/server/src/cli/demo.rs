@@ -62,6 +62,8 @@ const REGIONS: [(&str, u8); 3] = [("eu", 11), ("us", 12), ("ap", 13)];
 /// The demo shortens the up dwell time (default 120 s) so a restored region
 /// turns healthy while you watch.
 const DEMO_UP_AFTER_MS: u64 = 30_000;
+/// The one configuration every demo region holds (its content hash).
+const DEMO_CONFIG_HASH: &str = "demo-config-v1";
 
 fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0"))?;
@@ -166,8 +168,8 @@ pub async fn run(dir: &Path) -> anyhow::Result<i32> {
             data_dir: rdir.join("stand-in"),
             agent_ca: None,
             federation_peers: vec![],
-            configs: Default::default(),
-            coordinator_ca_file: None,
+            configs: [DEMO_CONFIG_HASH.to_string()].into(),
+            coordinator_ca_file: Some(pki.join("ca.pem")),
             ready_file: None,
         };
         let (https, control) = standin::bind(&cfg).await?;
