@@ -63,6 +63,18 @@ impl Backoff {
         })
     }
 
+    /// Like [`Backoff::new`], with invalid parameters clamped instead of
+    /// refused (base at least 1 ms, cap at least the base), for callers
+    /// whose parameters were validated already.
+    pub(crate) fn clamped(base_ms: u64, cap_ms: u64, seed: u64) -> Self {
+        let base_ms = base_ms.max(1);
+        Backoff {
+            base_ms,
+            cap_ms: cap_ms.max(base_ms),
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
     /// The largest delay of attempt `attempt` (0-based):
     /// `min(cap, base·2^attempt)`, without overflow.
     pub fn ceiling_ms(&self, attempt: u32) -> u64 {
@@ -91,6 +103,14 @@ pub struct RateLimit {
     tokens: u32,
     per_ms: u64,
 }
+
+/// The session's default per-target redirect rate: burst 20, 20 per
+/// second.
+pub(crate) const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
+    burst: 20,
+    tokens: 20,
+    per_ms: 1_000,
+};
 
 impl RateLimit {
     /// A rate of `tokens` per `per_ms` ms with bucket size `burst`.

@@ -12,15 +12,25 @@
 //! - a directive older than the newest epoch seen is ignored (`Stale`), even
 //!   if it was never applied: the newer decision superseded it;
 //! - a directive of the newest epoch seen is either the very same directive
-//!   again (`Duplicate`) or a different one (`Conflict`: coordinators issue one
-//!   directive per agent and epoch; a conflict is a bug to report loudly, and
-//!   neither version is applied again);
+//!   again (`Duplicate`), or the same decision with refreshed details
+//!   (`Refreshed`: same kind and target region, but another token, expiry,
+//!   endpoint or base URL; coordinators re-stage tokens before they expire
+//!   and learn regions' endpoints late), or another decision (`Conflict`:
+//!   another kind or target region in one epoch; coordinators issue one
+//!   decision per agent and epoch, so a conflict is a bug to report loudly,
+//!   and neither version is applied again);
+//! - a refresh replaces the directive kept for its epoch (a later retry uses
+//!   the new token); it is handed out again (`Apply`) when the epoch's
+//!   directive failed or was never handed out (seen only expired), and is
+//!   not when it is in flight or attached; an expired refresh changes
+//!   nothing (`Expired`);
 //! - a directive of a newer epoch raises the fence, then is applied (`Apply`)
 //!   unless it has expired (`Expired`: the fence still moves, so nothing
 //!   older can be applied afterwards).
 //!
-//! So the epochs of `Apply` decisions strictly increase, and nothing older
-//! than the newest epoch seen is ever applied. The fence holds across
+//! So the epochs of `Apply` decisions never decrease (an epoch is handed
+//! out again only as a refresh of a failed application, never with another
+//! target), and nothing older than the newest epoch seen is ever applied. The fence holds across
 //! restarts through [`Tracker::to_json`] / [`Tracker::from_json`] (the file
 //! side is in `persist`).
 //!
@@ -78,6 +88,11 @@ pub struct Directive {
     pub target_region: String,
     /// The target region's OpAMP endpoint, e.g. `wss://eu.example/v1/opamp`.
     pub endpoint: String,
+    /// The target region's endpoint base URL (`https://host:port`), where
+    /// the session checks that the agent is attached before reporting it.
+    /// Empty when the directive names none.
+    #[serde(default)]
+    pub base_url: String,
     /// The handover token to present to the target. Opaque to the shim and a
     /// secret: never logged, never in `Debug`.
     pub token: String,
@@ -103,6 +118,7 @@ impl fmt::Debug for Directive {
             .field("kind", &self.kind)
             .field("target_region", &self.target_region)
             .field("endpoint", &self.endpoint)
+            .field("base_url", &self.base_url)
             .field("token", &format_args!("<redacted>"))
             .field("issued_at_ms", &self.issued_at_ms)
             .field("expires_at_ms", &self.expires_at_ms)
@@ -114,7 +130,8 @@ impl fmt::Debug for Directive {
 /// caller to act; every other decision is a normal, reportable outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// New (newest epoch so far), for this agent, not expired: run the
+    /// New (newest epoch so far), for this agent, not expired (or a refresh
+    /// of the newest epoch's directive whose application failed): run the
     /// redirect hook with it, then report with [`Tracker::applied`].
     Apply(Directive),
     /// The same directive (same epoch, same content) as the one already
@@ -125,8 +142,12 @@ pub enum Decision {
         /// The newest epoch this shim has seen.
         newest_seen: u64,
     },
-    /// Same epoch as the newest seen, different content. Must never happen:
-    /// the caller reports it loudly. Nothing is applied.
+    /// Same epoch as the newest seen, same kind and target region, other
+    /// details (token, expiry, endpoint, base URL): recorded, nothing to do
+    /// now (the directive of that epoch is in flight or attached).
+    Refreshed,
+    /// Same epoch as the newest seen, another kind or target region. Must
+    /// never happen: the caller reports it loudly. Nothing is applied.
     Conflict,
     /// Expired at the time it was offered. If it was the newest epoch so far,
     /// the fence still moved to it.
@@ -254,7 +275,8 @@ pub struct Tracker {
     version: u32,
     agent_id: String,
     /// The newest directive seen for this agent (applied or expired): it is
-    /// the fence, and the reference for `Duplicate` and `Conflict`.
+    /// the fence, and the reference for `Duplicate`, `Refreshed` and
+    /// `Conflict`.
     newest: Option<Directive>,
     current: Option<Current>,
     serving_region: Option<String>,
@@ -299,23 +321,37 @@ impl Tracker {
                 };
             }
             if directive.epoch == newest.epoch {
-                if directive != *newest {
+                if directive.kind != newest.kind || directive.target_region != newest.target_region
+                {
                     self.conflicts = self.conflicts.saturating_add(1);
                     return Decision::Conflict;
                 }
-                let handed_out = self
-                    .current
-                    .as_ref()
-                    .is_some_and(|c| c.directive.epoch == directive.epoch);
-                if handed_out {
-                    return Decision::Duplicate;
-                }
-                // Seen before only as expired. Still expired, unless the
-                // caller's clock went back.
-                if directive.is_expired(now_ms) {
+                let refresh = directive != *newest;
+                if refresh && directive.is_expired(now_ms) {
                     return Decision::Expired;
                 }
-                return self.hand_out(directive);
+                if refresh {
+                    self.newest = Some(directive.clone());
+                }
+                let status = self
+                    .current
+                    .as_mut()
+                    .filter(|c| c.directive.epoch == directive.epoch)
+                    .map(|c| {
+                        if refresh {
+                            c.directive = directive.clone();
+                        }
+                        c.status.clone()
+                    });
+                return match status {
+                    Some(ApplyStatus::Failed { .. }) if refresh => self.hand_out(directive),
+                    Some(_) if refresh => Decision::Refreshed,
+                    Some(_) => Decision::Duplicate,
+                    // Seen before only as expired. Still expired, unless
+                    // refreshed or the caller's clock went back.
+                    None if directive.is_expired(now_ms) => Decision::Expired,
+                    None => self.hand_out(directive),
+                };
             }
         }
         // A newer epoch: the fence moves, whether or not it is applicable.
@@ -476,6 +512,7 @@ mod tests {
             kind: DirectiveKind::Redirect,
             target_region: "us".into(),
             endpoint: "wss://us.example/v1/opamp".into(),
+            base_url: "https://us.example".into(),
             token: format!("secret-token-{epoch}"),
             issued_at_ms: NOW - 1_000,
             expires_at_ms: NOW + 3_600_000,
@@ -540,22 +577,78 @@ mod tests {
         );
     }
 
-    // Property: same epoch, different content is a Conflict; nothing is
-    // applied, the applied directive stays current, and it is counted.
+    // Property: same epoch, another kind or target region is a Conflict;
+    // nothing is applied, the applied directive stays current, and it is
+    // counted.
     #[test]
-    fn same_epoch_other_content_is_conflict() {
+    fn same_epoch_other_decision_is_conflict() {
         let mut t = Tracker::new("agent-1");
         t.offer(NOW, directive(5));
         let mut other = directive(5);
-        other.endpoint = "wss://elsewhere.example/v1/opamp".into();
+        other.target_region = "ap".into();
         assert_eq!(t.offer(NOW, other.clone()), Decision::Conflict);
-        let mut other_token = directive(5);
-        other_token.token = "another-token".into();
-        assert_eq!(t.offer(NOW, other_token), Decision::Conflict);
+        let mut other_kind = directive(5);
+        other_kind.kind = DirectiveKind::ReturnHome;
+        assert_eq!(t.offer(NOW, other_kind), Decision::Conflict);
         let s = t.state();
         assert_eq!(s.conflicts, 2);
         assert_eq!(s.pending(), Some(&directive(5)));
         assert_eq!(t.offer(NOW, directive(5)), Decision::Duplicate);
+    }
+
+    // Property: same epoch and decision with another token, expiry,
+    // endpoint or base URL is a refresh: it replaces the kept directive
+    // (so a retry uses it), is not handed out again while in flight or
+    // attached, is handed out again when the epoch's directive failed, and
+    // an expired refresh changes nothing.
+    #[test]
+    fn same_decision_refreshed() {
+        let mut t = Tracker::new("agent-1");
+        t.offer(NOW, directive(5));
+        let mut fresh = directive(5);
+        fresh.token = "refreshed-token".into();
+        fresh.expires_at_ms += 1_000;
+        assert_eq!(
+            t.offer(NOW, fresh.clone()),
+            Decision::Refreshed,
+            "in flight"
+        );
+        assert_eq!(t.state().pending(), Some(&fresh));
+        assert_eq!(t.offer(NOW, fresh.clone()), Decision::Duplicate);
+        let mut stale_refresh = fresh.clone();
+        stale_refresh.token = "late".into();
+        stale_refresh.expires_at_ms = NOW;
+        assert_eq!(t.offer(NOW, stale_refresh), Decision::Expired);
+        assert_eq!(t.state().pending(), Some(&fresh), "unchanged");
+
+        t.applied(
+            5,
+            ApplyOutcome::Failed {
+                reason: "refused".into(),
+            },
+        );
+        let mut fresher = fresh.clone();
+        fresher.token = "fresher-token".into();
+        assert_eq!(
+            t.offer(NOW, fresher.clone()),
+            Decision::Apply(fresher.clone())
+        );
+        t.applied(5, ApplyOutcome::Attached);
+        let mut endpoint = fresher.clone();
+        endpoint.endpoint = "wss://us2.example/v1/opamp".into();
+        assert_eq!(
+            t.offer(NOW, endpoint.clone()),
+            Decision::Refreshed,
+            "attached"
+        );
+        assert_eq!(t.state().current.map(|c| c.directive), Some(endpoint));
+        assert_eq!(t.state().conflicts, 0);
+
+        let mut late = Tracker::new("agent-1");
+        let mut expired = directive(7);
+        expired.expires_at_ms = NOW;
+        assert_eq!(late.offer(NOW, expired), Decision::Expired);
+        assert_eq!(late.offer(NOW, directive(7)), Decision::Apply(directive(7)));
     }
 
     // Property: an expired directive is never applied, the boundary

@@ -398,6 +398,7 @@ mod tests {
             kind: DirectiveKind::ReturnHome,
             target_region: "eu".into(),
             endpoint: "wss://eu.example/v1/opamp?x=1&y=2".into(),
+            base_url: "https://eu.example".into(),
             token: "tok.en_-~+/=".into(),
             issued_at_ms: 1,
             expires_at_ms: 2,

@@ -16,6 +16,7 @@ fn directive() -> Directive {
         kind: DirectiveKind::ReturnHome,
         target_region: "eu".into(),
         endpoint: "wss://eu.example/v1/opamp".into(),
+        base_url: "https://eu.example".into(),
         token: "tok with spaces & $symbols".into(),
         issued_at_ms: 10,
         expires_at_ms: 3_600_010,

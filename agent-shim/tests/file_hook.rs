@@ -18,6 +18,7 @@ fn directive(epoch: u64, token: String) -> Directive {
         kind: DirectiveKind::Redirect,
         target_region: format!("region-{epoch}"),
         endpoint: format!("wss://region-{epoch}.example/v1/opamp"),
+        base_url: format!("https://region-{epoch}.example"),
         token,
         issued_at_ms: 1,
         expires_at_ms: 2,

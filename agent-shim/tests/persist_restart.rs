@@ -14,6 +14,7 @@ fn directive(epoch: u64) -> Directive {
         kind: DirectiveKind::Redirect,
         target_region: "us".into(),
         endpoint: "wss://us.example/v1/opamp".into(),
+        base_url: "https://us.example".into(),
         token: format!("token-{epoch}"),
         issued_at_ms: NOW,
         expires_at_ms: NOW + 3_600_000,

@@ -7,13 +7,16 @@ const AGENT: &str = "agent-1";
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Offer the directive identified by (epoch, variant); `other_agent`
-    /// addresses it to someone else. The content is a function of
-    /// (epoch, variant), so equal pairs are duplicates and different
-    /// variants of one epoch conflict.
+    /// Offer the directive identified by (epoch, variant, rev);
+    /// `other_agent` addresses it to someone else. The content is a
+    /// function of (epoch, variant, rev): equal triples are duplicates,
+    /// different variants of one epoch conflict (another target), and
+    /// different revs of one (epoch, variant) are refreshes (another token
+    /// and expiry).
     Offer {
         epoch: u64,
         variant: u8,
+        rev: u8,
         other_agent: bool,
     },
     /// Report an outcome for an epoch.
@@ -28,9 +31,10 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u64..12, 0u8..3, prop::bool::weighted(0.1)).prop_map(|(epoch, variant, other_agent)| Op::Offer {
+        6 => (0u64..12, 0u8..3, 0u8..2, prop::bool::weighted(0.1)).prop_map(|(epoch, variant, rev, other_agent)| Op::Offer {
             epoch,
             variant,
+            rev,
             other_agent
         }),
         2 => (0u64..12, any::<bool>()).prop_map(|(epoch, attached)| Op::Applied { epoch, attached }),
@@ -40,7 +44,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn directive(epoch: u64, variant: u8, other_agent: bool) -> Directive {
+fn directive(epoch: u64, variant: u8, rev: u8, other_agent: bool) -> Directive {
     Directive {
         epoch,
         agent_id: if other_agent { "agent-2" } else { AGENT }.to_string(),
@@ -51,11 +55,12 @@ fn directive(epoch: u64, variant: u8, other_agent: bool) -> Directive {
         },
         target_region: format!("r{variant}"),
         endpoint: format!("wss://r{variant}.example/v1/opamp"),
-        token: format!("token-{epoch}-{variant}"),
+        base_url: format!("https://r{variant}.example"),
+        token: format!("token-{epoch}-{variant}-{rev}"),
         issued_at_ms: 0,
         // Between 1 s and 10 s: time advances up to 2 s per step, so
         // directives expire along the way.
-        expires_at_ms: 1_000 * (1 + (epoch * 7 + u64::from(variant) * 3) % 10),
+        expires_at_ms: 1_000 * (1 + (epoch * 7 + u64::from(variant) * 3 + u64::from(rev) * 5) % 10),
     }
 }
 
@@ -63,14 +68,19 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     // Property: over any sequence of offered directives (random epochs,
-    // duplicates, conflicting contents, other agents, expiry as time passes),
-    // outcomes, retries and restarts:
-    // - the epochs of Apply decisions strictly increase;
+    // duplicates, refreshed tokens, conflicting targets, other agents,
+    // expiry as time passes), outcomes, retries and restarts:
+    // - the epochs of Apply decisions never decrease, and an epoch is
+    //   handed out again only as a refresh (other content, same target);
     // - no directive older than the newest epoch seen is ever applied (nor
     //   retried), and nothing expired or addressed to another agent is;
     // - an applied directive is exactly the one offered;
-    // - Stale names the newest epoch seen; Duplicate and Conflict happen only
-    //   at that epoch, Duplicate only for the content last handed out;
+    // - Stale names the newest epoch seen; Duplicate, Refreshed and
+    //   Conflict happen only at that epoch; Duplicate only for the content
+    //   last handed out; Refreshed only for the same kind and target with
+    //   other details; Conflict only for another kind or target;
+    // - a pending or retried directive is always the newest content handed
+    //   out for its epoch (a refresh replaces it);
     // - the fence (newest epoch seen) survives restarts and never decreases.
     #[test]
     fn fencing_holds(ops in prop::collection::vec(op(), 1..80)) {
@@ -84,9 +94,12 @@ proptest! {
 
         for op in ops {
             match op {
-                Op::Offer { epoch, variant, other_agent } => {
-                    let d = directive(epoch, variant, other_agent);
+                Op::Offer { epoch, variant, rev, other_agent } => {
+                    let d = directive(epoch, variant, rev, other_agent);
                     let newest_before = newest.as_ref().map(|n| n.epoch);
+                    let same_decision = newest.as_ref().is_some_and(|n| {
+                        n.epoch == epoch && n.kind == d.kind && n.target_region == d.target_region
+                    });
                     let decision = tracker.offer(now, d.clone());
                     if other_agent {
                         prop_assert_eq!(decision, Decision::WrongAgent);
@@ -97,7 +110,11 @@ proptest! {
                             prop_assert_eq!(applied, &d);
                             prop_assert!(!d.is_expired(now), "expired directive applied");
                             if let Some(last) = last_applied {
-                                prop_assert!(epoch > last, "applied {} after {}", epoch, last);
+                                prop_assert!(epoch >= last, "applied {} after {}", epoch, last);
+                                if epoch == last {
+                                    prop_assert!(same_decision, "epoch {} handed out twice", epoch);
+                                    prop_assert_ne!(handed_out.as_ref(), Some(&d));
+                                }
                             }
                             if let Some(n) = newest_before {
                                 prop_assert!(epoch >= n, "applied {} below newest {}", epoch, n);
@@ -113,14 +130,24 @@ proptest! {
                             prop_assert_eq!(Some(epoch), newest_before);
                             prop_assert_eq!(handed_out.as_ref(), Some(&d));
                         }
+                        Decision::Refreshed => {
+                            prop_assert_eq!(Some(epoch), newest_before);
+                            prop_assert!(same_decision);
+                            prop_assert_ne!(newest.as_ref(), Some(&d));
+                            prop_assert!(!d.is_expired(now), "expired refresh recorded");
+                            if handed_out.as_ref().is_some_and(|h| h.epoch == epoch) {
+                                handed_out = Some(d.clone());
+                            }
+                        }
                         Decision::Conflict => {
                             prop_assert_eq!(Some(epoch), newest_before);
-                            prop_assert_ne!(newest.as_ref(), Some(&d));
+                            prop_assert!(!same_decision);
                         }
                         Decision::Expired => prop_assert!(d.is_expired(now)),
                         Decision::WrongAgent => prop_assert!(false, "WrongAgent for own agent"),
                     }
-                    if newest_before.is_none_or(|n| epoch > n) {
+                    let refreshed = same_decision && !d.is_expired(now);
+                    if newest_before.is_none_or(|n| epoch > n) || refreshed {
                         newest = Some(d);
                     }
                 }

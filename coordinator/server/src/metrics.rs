@@ -304,6 +304,8 @@ fn render_agents(coord: &Coordinator, reg: &mut Registry) {
     let agents: Family<AgentLabels, Gauge> = Family::default();
     let in_flight: Family<RegionLabels, Gauge> = Family::default();
     let stranded: Family<RegionLabels, Gauge> = Family::default();
+    let staged: Family<RegionLabels, Gauge> = Family::default();
+    let now = crate::proposer::now_ms();
     coord.read_state(|s| {
         for r in s.region_info().keys() {
             in_flight
@@ -331,6 +333,9 @@ fn render_agents(coord: &Coordinator, reg: &mut Registry) {
                 })
                 .inc();
             let label = RegionLabels { region: home };
+            if e.staged.as_ref().is_some_and(|st| st.not_after > now) {
+                staged.get_or_create(&label).inc();
+            }
             match &e.placement {
                 tern_core::Placement::Redirected { target, .. }
                     if e.serving.as_ref() != Some(target) =>
@@ -356,6 +361,11 @@ fn render_agents(coord: &Coordinator, reg: &mut Registry) {
         "tern_handovers_in_flight",
         "Agents of a home region directed away or home that have not yet reported attached",
         in_flight,
+    );
+    reg.register(
+        "tern_agents_staged",
+        "Agents of a home region covered by an unexpired staged handover authorization",
+        staged,
     );
     reg.register(
         "tern_agents_stranded",

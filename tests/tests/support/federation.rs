@@ -61,6 +61,9 @@ pub struct FederationConfig {
     /// Put a relay on every link (true), or let coordinators dial each
     /// other and the stand-ins directly (false).
     pub relays: bool,
+    /// Extra TOML appended to every coordinator's configuration (e.g. an
+    /// `[agents]` section). Empty.
+    pub extra_config: String,
 }
 
 impl Default for FederationConfig {
@@ -72,6 +75,7 @@ impl Default for FederationConfig {
             down_after_ms: 10_000,
             up_after_ms: None,
             relays: true,
+            extra_config: String::new(),
         }
     }
 }
@@ -457,6 +461,8 @@ impl<'h> Federation<'h> {
                 t.push_str(&format!("\"{}\" = \"{}\"\n", j + 1, relay.addr()));
             }
         }
+        t.push('\n');
+        t.push_str(&c.extra_config);
         t
     }
 

@@ -181,19 +181,32 @@ impl Agent for AgentService {
         crate::metrics::agent_watch_opened();
         tokio::spawn(async move {
             let mut applied = coord.applied.clone();
-            let mut last: Option<pb::Directive> = None;
+            // What the last directive sent was made from: the core's
+            // directive and the target's endpoints. Applied entries that
+            // change none of it (most of them: other agents' reports) cost
+            // one map lookup here, not a token.
+            let mut last: Option<(tern_core::AgentDirective, String, String)> = None;
             loop {
-                let d = coord.read_state(|s| {
+                let current = coord.read_state(|s| {
                     // A re-registration with another leaf ends this stream.
                     match s.agents().get(&agent_id) {
                         Some(e) if e.registration.fingerprint == caller.fingerprint => {
-                            Ok(coord.agents.directive(s, &agent_id))
+                            Ok(s.directive(&agent_id).map(|d| {
+                                let endpoint = s
+                                    .region_info()
+                                    .get(&d.target)
+                                    .map(|i| i.opamp_endpoint.clone())
+                                    .unwrap_or_default();
+                                let base =
+                                    super::control_plane_of(s, &d.target).unwrap_or_default();
+                                (d, endpoint, base)
+                            }))
                         }
                         _ => Err(()),
                     }
                 });
-                let d = match d {
-                    Ok(d) => d,
+                let current = match current {
+                    Ok(c) => c,
                     Err(()) => {
                         let _ = tx
                             .send(Err(Status::permission_denied(
@@ -203,12 +216,13 @@ impl Agent for AgentService {
                         break;
                     }
                 };
-                if let Some(d) = d {
-                    if last.as_ref() != Some(&d) {
-                        if tx.send(Ok(d.clone())).await.is_err() {
+                if current.is_some() && current != last {
+                    let d = coord.read_state(|s| coord.agents.directive(s, &agent_id));
+                    if let Some(d) = d {
+                        if tx.send(Ok(d)).await.is_err() {
                             break;
                         }
-                        last = Some(d);
+                        last = current;
                     }
                 }
                 tokio::select! {
