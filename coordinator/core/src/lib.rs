@@ -19,6 +19,7 @@ mod member;
 mod rotation;
 mod state;
 mod time;
+mod what_if;
 
 pub use agents::{
     normalize_capability, plan, preflight, AgentRegistration, ConfigRef, NoStandby, Plan,
@@ -53,3 +54,4 @@ pub use state::{
     AUDIT_KEEP, REQUEST_KEEP_MAX, REQUEST_KEEP_MS,
 };
 pub use time::Millis;
+pub use what_if::{no_standby_reason, plan_if_failed, TargetLoad, WhatIf, WhatIfAgent};

@@ -1,7 +1,11 @@
-//! The admin gRPC service: status, membership, notes and the audit trail.
+//! The admin gRPC service: status, membership, notes, the audit trail,
+//! region health and pause, and (in `agents`) the plan preview, region
+//! overrides and the agent registry.
 //! Every call needs an administrator certificate; writes go to the leader
 //! (forwarded from followers by `Coordinator::submit`). Conversions between
 //! generated protobuf types and core types live here and nowhere else.
+
+mod agents;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -272,6 +276,50 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::PauseResponse>, Status> {
         self.set_paused(req, false).await
     }
+
+    #[instrument(skip_all, name = "grpc.admin.plan_region", fields(region = %req.get_ref().region))]
+    async fn plan_region(
+        &self,
+        req: Request<pb::PlanRegionRequest>,
+    ) -> Result<Response<pb::PlanRegionResponse>, Status> {
+        require_admin(&req)?;
+        Ok(Response::new(agents::plan_region(
+            &self.coord,
+            req.into_inner(),
+        )?))
+    }
+
+    #[instrument(skip_all, name = "grpc.admin.set_region_mode", fields(region = %req.get_ref().region))]
+    async fn set_region_mode(
+        &self,
+        req: Request<pb::SetRegionModeRequest>,
+    ) -> Result<Response<pb::SetRegionModeResponse>, Status> {
+        let actor = require_admin(&req)?;
+        Ok(Response::new(
+            agents::set_region_mode(&self.coord, actor, req.into_inner()).await?,
+        ))
+    }
+
+    #[instrument(skip_all, name = "grpc.admin.list_agents")]
+    async fn list_agents(
+        &self,
+        req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        require_admin(&req)?;
+        Ok(Response::new(agents::list_agents(
+            &self.coord,
+            req.into_inner(),
+        )?))
+    }
+
+    #[instrument(skip_all, name = "grpc.admin.agent_summary")]
+    async fn agent_summary(
+        &self,
+        req: Request<pb::AgentSummaryRequest>,
+    ) -> Result<Response<pb::AgentSummaryResponse>, Status> {
+        require_admin(&req)?;
+        Ok(Response::new(agents::agent_summary(&self.coord)))
+    }
 }
 
 impl AdminService {
@@ -320,20 +368,25 @@ async fn leader_evaluation(coord: &Coordinator) -> Option<tern_core::Evaluation>
 /// observations from the leader's detector.
 pub async fn regions(coord: &Coordinator) -> pb::RegionsResponse {
     let eval = leader_evaluation(coord).await;
-    let (regions, records, frozen, paused, epoch, members, bundles) = coord.read_state(|s| {
-        (
-            s.regions(),
-            s.region_records().clone(),
-            s.frozen(),
-            s.paused(),
-            s.epoch(),
-            s.members().clone(),
-            s.trust_bundles()
-                .iter()
-                .map(|(r, b)| (r.clone(), b.sha256.clone()))
-                .collect::<BTreeMap<_, _>>(),
-        )
-    });
+    let (regions, records, frozen, paused, epoch, members, bundles, modes) =
+        coord.read_state(|s| {
+            (
+                s.regions(),
+                s.region_records().clone(),
+                s.frozen(),
+                s.paused(),
+                s.epoch(),
+                s.members().clone(),
+                s.trust_bundles()
+                    .iter()
+                    .map(|(r, b)| (r.clone(), b.sha256.clone()))
+                    .collect::<BTreeMap<_, _>>(),
+                s.regions()
+                    .keys()
+                    .map(|r| (r.clone(), s.region_mode(r)))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        });
     let region_of = |id: u64| {
         members
             .get(&id)
@@ -383,6 +436,7 @@ pub async fn regions(coord: &Coordinator) -> pb::RegionsResponse {
                 coordinator_reporting: live.map(|v| v.coordinator_reporting).unwrap_or(false),
                 control_plane,
                 trust_bundle_sha256: bundles.get(r).cloned().unwrap_or_default(),
+                mode: modes.get(r).copied().unwrap_or_default().as_str().into(),
             }
         })
         .collect();

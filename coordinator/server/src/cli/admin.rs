@@ -358,6 +358,7 @@ pub fn regions_json(r: &pb::RegionsResponse) -> serde_json::Value {
                 serde_json::json!({
                     "region": g.region,
                     "state": g.state,
+                    "mode": g.mode,
                     "since": if g.since_ms == 0 { None } else { Some(rfc3339(g.since_ms)) },
                     "since_ms": g.since_ms,
                     "epoch": g.epoch,
@@ -415,8 +416,8 @@ pub async fn regions(c: &ClientArgs) -> anyhow::Result<i32> {
         },
     );
     println!(
-        "{:<10} {:<12} {:<12} {:<26} {:>6}  OBSERVERS",
-        "REGION", "STATE", "COMPUTED", "SINCE", "EPOCH"
+        "{:<10} {:<12} {:<12} {:<12} {:<26} {:>6}  OBSERVERS",
+        "REGION", "STATE", "MODE", "COMPUTED", "SINCE", "EPOCH"
     );
     for g in &r.regions {
         let obs: Vec<String> = g
@@ -435,9 +436,10 @@ pub async fn regions(c: &ClientArgs) -> anyhow::Result<i32> {
             })
             .collect();
         println!(
-            "{:<10} {:<12} {:<12} {:<26} {:>6}  {}{}",
+            "{:<10} {:<12} {:<12} {:<12} {:<26} {:>6}  {}{}",
             g.region,
             g.state,
+            if g.mode.is_empty() { "-" } else { &g.mode },
             if g.computed.is_empty() {
                 "-"
             } else {

@@ -5,6 +5,7 @@
 //! `TERN_CLIENT_CERT` and `TERN_CLIENT_KEY` (or the matching flags).
 
 mod admin;
+mod agents;
 mod demo;
 mod pki;
 mod standin;
@@ -113,6 +114,8 @@ pub enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    #[command(flatten)]
+    Fleet(agents::FleetCmd),
     /// Development PKI: a CA, coordinator and admin certificates.
     Pki {
         #[command(subcommand)]
@@ -241,6 +244,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Regions { client } => admin::regions(&client).await,
         Cmd::Pause { reason, client } => admin::pause(&client, true, reason).await,
         Cmd::Resume { reason, client } => admin::pause(&client, false, reason).await,
+        Cmd::Fleet(cmd) => agents::run(cmd).await,
         Cmd::Pki { cmd } => pki::run(cmd),
         Cmd::Demo { dir, action: None } => {
             crate::telemetry::init_quiet();
