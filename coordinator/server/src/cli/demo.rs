@@ -64,6 +64,8 @@ const REGIONS: [(&str, u8); 3] = [("eu", 11), ("us", 12), ("ap", 13)];
 const DEMO_UP_AFTER_MS: u64 = 30_000;
 /// The one configuration every demo region holds (its content hash).
 const DEMO_CONFIG_HASH: &str = "demo-config-v1";
+/// Simulated agents per region.
+const DEMO_AGENTS_PER_REGION: usize = 200;
 
 fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0"))?;
@@ -256,6 +258,59 @@ pub async fn run(dir: &Path) -> anyhow::Result<i32> {
         return Ok(1);
     }
 
+    // A simulated fleet per region: each agent with its own leaf from its
+    // region's agent CA, attached at home, registered, watching.
+    let mut fleets = Vec::new();
+    for (i, r) in regions.iter().enumerate() {
+        let ca_dir = r.dir.join("stand-in").join("agent-ca");
+        let mut coordinators = vec![r.grpc.to_string()];
+        coordinators.extend(
+            regions
+                .iter()
+                .filter(|o| o.node_id != r.node_id)
+                .map(|o| o.grpc.to_string()),
+        );
+        let config = tern_agent_shim::FleetConfig {
+            agents: DEMO_AGENTS_PER_REGION,
+            home_region: r.name.to_string(),
+            home_base_url: r.control_plane.clone(),
+            agent_ca_cert_pem: std::fs::read_to_string(ca_dir.join("ca.pem"))?,
+            agent_ca_key_pem: std::fs::read_to_string(ca_dir.join("ca.key"))?,
+            coordinator_ca: tern_agent_shim::PemSource::File(pki.join("ca.pem")),
+            region_ca: tern_agent_shim::PemSource::File(pki.join("ca.pem")),
+            coordinators,
+            tenant: "demo".into(),
+            config: tern_agent_shim::ConfigRef {
+                id: "demo-config".into(),
+                version: 1,
+                content_hash: DEMO_CONFIG_HASH.into(),
+            },
+            capabilities: vec!["AcceptsOpAMPConnectionSettings".into()],
+            allowed_regions: vec![],
+            id_prefix: format!("{}-agent-", r.name),
+            seed: 0x7e4e_0000 + i as u64,
+            leaf_validity: Duration::from_secs(365 * 86_400),
+            connect_spread_ms: 2_000,
+            status_file: Some(r.dir.join("fleet-status.json")),
+            events_file: None,
+            status_interval_ms: 500,
+            timing: tern_agent_shim::Timing::default(),
+        };
+        match tern_agent_shim::fleet::start(config).await {
+            Ok(h) => fleets.push(h),
+            Err(e) => eprintln!(
+                "warning: the simulated fleet of {} did not start: {e}",
+                r.name
+            ),
+        }
+    }
+    if !fleets.is_empty() {
+        println!(
+            "  simulated agents: {} per region (status: DIR/<region>/fleet-status.json)",
+            DEMO_AGENTS_PER_REGION
+        );
+    }
+
     // Control endpoint for `tern demo outage|restore`.
     let control = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let control_addr = control.local_addr()?;
@@ -300,6 +355,12 @@ pub async fn run(dir: &Path) -> anyhow::Result<i32> {
     println!(
         "  tern audit                       # every decision, with the observations behind it"
     );
+    println!(
+        "  tern agents --summary            # agents per home region, serving region and state"
+    );
+    println!(
+        "  tern plan eu                     # where eu's agents would go, what preflight rejects"
+    );
     println!("  tern pause / tern resume         # automation off and on");
     println!("  curl http://{}/metrics", regions[1].http);
     println!("Press Ctrl-C to stop the federation.");
@@ -312,6 +373,9 @@ pub async fn run(dir: &Path) -> anyhow::Result<i32> {
         }
     };
     println!("stopping the federation...");
+    for f in fleets {
+        let _ = f.stop().await;
+    }
     stop_all(&shared).await;
     let _ = std::fs::remove_file(dir.join("demo.json"));
     Ok(code)
@@ -370,7 +434,7 @@ async fn outage(
     }
     (
         StatusCode::OK,
-        format!("region {region}: control plane down and coordinator killed; watch `tern regions` (unreachable after the 10 s down dwell time)"),
+        format!("region {region}: control plane down and coordinator killed; watch `tern regions` (unreachable after the 10 s down dwell time) and `tern agents --summary` (its agents move to healthy regions)"),
     )
 }
 
@@ -399,7 +463,7 @@ async fn restore(
     }
     (
         StatusCode::OK,
-        format!("region {region}: control plane up and coordinator restarted; watch `tern regions` (recovering, then healthy after {} s)", DEMO_UP_AFTER_MS / 1000),
+        format!("region {region}: control plane up and coordinator restarted; watch `tern regions` (recovering, then healthy after {} s) and `tern agents --summary` (its agents come home in waves)", DEMO_UP_AFTER_MS / 1000),
     )
 }
 
