@@ -1076,6 +1076,138 @@ mod tests {
         }
     }
 
+    // Property: hand-back is make-before-break and fenced. A wave is refused
+    // while the home region is not back; a wave moves the agent to
+    // Returning at a new epoch; a report from the standby, from home at an
+    // older epoch, or not attached, leaves it Returning; only a report of
+    // being attached at home at the wave's epoch brings it Home. A drained
+    // region's agents move at once; undrain does not bring them home by
+    // itself (waves do).
+    #[test]
+    fn hand_back_needs_home_to_accept_the_agent() {
+        let mut s = ReplicatedState::default();
+        let mut eu = member(1, "eu", 1);
+        eu.control_plane = Some("https://eu:1".into());
+        let mut us = member(2, "us", 2);
+        us.control_plane = Some("https://us:1".into());
+        let ms = vec![
+            prop(
+                "m1",
+                Command::UpsertMember {
+                    member: eu,
+                    expect_epoch: None,
+                },
+            ),
+            prop(
+                "m2",
+                Command::UpsertMember {
+                    member: us,
+                    expect_epoch: None,
+                },
+            ),
+            prop(
+                "r",
+                Command::RegisterAgents {
+                    agents: vec![reg("a1", "eu")],
+                },
+            ),
+            prop(
+                "p",
+                Command::SetStandbys {
+                    standbys: vec![("a1".into(), Some("us".parse().expect("r")))],
+                },
+            ),
+        ];
+        s.apply(1, &batch(1, ms));
+        stage_all(&mut s, "eu", "us");
+        let eu_r: RegionName = "eu".parse().expect("r");
+        let us_r: RegionName = "us".parse().expect("r");
+        let mode = |m: crate::command::RegionMode, id: &str| {
+            prop(
+                id,
+                Command::SetRegionMode {
+                    region: "eu".parse().expect("r"),
+                    mode: m,
+                    expect_epoch: None,
+                },
+            )
+        };
+        let wave = |id: &str| {
+            prop(
+                id,
+                Command::HandBack {
+                    region: "eu".parse().expect("r"),
+                    agents: vec!["a1".into()],
+                },
+            )
+        };
+        let report = |id: &str, epoch: u64, serving: &RegionName, attached: bool| {
+            prop(
+                id,
+                Command::ReportAgents {
+                    reports: vec![crate::command::AgentReport {
+                        agent_id: "a1".into(),
+                        epoch,
+                        serving: serving.clone(),
+                        attached,
+                    }],
+                },
+            )
+        };
+        s.apply(
+            4,
+            &batch(4, vec![mode(crate::command::RegionMode::Drained, "d")]),
+        );
+        let e1 = s.epoch();
+        assert_eq!(
+            s.agents()["a1"].placement,
+            Placement::Redirected {
+                target: us_r.clone(),
+                epoch: e1
+            }
+        );
+        let out = s.apply(5, &batch(5, vec![wave("w0")]));
+        assert!(
+            matches!(out.outcomes[0], Outcome::Rejected { .. }),
+            "no hand-back while drained"
+        );
+        s.apply(6, &batch(6, vec![report("rep1", e1, &us_r, true)]));
+        assert_eq!(s.agents()["a1"].serving, Some(us_r.clone()));
+        s.apply(
+            7,
+            &batch(7, vec![mode(crate::command::RegionMode::Auto, "u")]),
+        );
+        assert!(
+            matches!(s.agents()["a1"].placement, Placement::Redirected { .. }),
+            "undrain alone does not move agents: waves do"
+        );
+        s.apply(8, &batch(8, vec![wave("w1")]));
+        let e2 = s.epoch();
+        assert_eq!(
+            s.agents()["a1"].placement,
+            Placement::Returning { epoch: e2 }
+        );
+        s.apply(
+            9,
+            &batch(
+                9,
+                vec![
+                    report("rep2", e2, &us_r, true),
+                    report("rep3", e1, &eu_r, true),
+                    report("rep4", e2, &eu_r, false),
+                ],
+            ),
+        );
+        assert_eq!(
+            s.agents()["a1"].placement,
+            Placement::Returning { epoch: e2 },
+            "not home until home accepted it at the wave's epoch"
+        );
+        s.apply(10, &batch(10, vec![report("rep5", e2, &eu_r, true)]));
+        assert_eq!(s.agents()["a1"].placement, Placement::Home);
+        assert_eq!(s.agents()["a1"].serving, Some(eu_r));
+    }
+
     // Property: the committed Unreachable decision activates the standby
     // plan of every agent of that region in that one entry, at that entry's
     // epoch; agents without a standby are stranded; the plan of failed-over
