@@ -107,6 +107,19 @@ pub fn candidates(
     cached: &[CoordinatorInfo],
     home_region: &str,
 ) -> Vec<String> {
+    candidates_spread(configured, cached, home_region, 0)
+}
+
+/// Like [`candidates`], with the addresses outside the home region rotated
+/// by `spread` (within their rank), so that shims with different seeds that
+/// lost the same home coordinator fall back to different coordinators
+/// instead of all reconnecting to the same one.
+pub fn candidates_spread(
+    configured: &[String],
+    cached: &[CoordinatorInfo],
+    home_region: &str,
+    spread: u64,
+) -> Vec<String> {
     let mut cached_sorted: Vec<&CoordinatorInfo> = cached.iter().collect();
     cached_sorted.sort_by(|a, b| (&a.region, a.node_id).cmp(&(&b.region, b.node_id)));
     let region_of = |addr: &str| {
@@ -138,12 +151,51 @@ pub fn candidates(
         }
     }
     all.sort_by_key(|(rank, _)| *rank);
+    for rank in [1u8, 2] {
+        let start = all.iter().position(|(r, _)| *r == rank);
+        let end = all.iter().rposition(|(r, _)| *r == rank);
+        if let (Some(start), Some(end)) = (start, end) {
+            let group = &mut all[start..=end];
+            let n = group.len() as u64;
+            group.rotate_left((spread % n) as usize);
+        }
+    }
     all.into_iter().map(|(_, a)| a).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Property: spreading keeps the home region's coordinators first and
+    // the same set of addresses, and different spreads send shims that
+    // lost their home to different first fallbacks.
+    #[test]
+    fn spread_rotates_fallbacks_only() {
+        let cached = vec![
+            info(1, "eu", "127.0.0.1:1"),
+            info(2, "us", "127.0.0.2:1"),
+            info(3, "ap", "127.0.0.3:1"),
+            info(4, "sa", "127.0.0.4:1"),
+        ];
+        let plain = candidates(&[], &cached, "eu");
+        let mut firsts = std::collections::BTreeSet::new();
+        for spread in 0..6u64 {
+            let l = candidates_spread(&[], &cached, "eu", spread);
+            assert_eq!(l[0], "127.0.0.1:1", "home first (spread {spread})");
+            let mut a = l.clone();
+            let mut b = plain.clone();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "same addresses (spread {spread})");
+            firsts.insert(l[1].clone());
+        }
+        assert_eq!(
+            firsts.len(),
+            3,
+            "every other region is someone's first fallback"
+        );
+    }
 
     fn info(node_id: u64, region: &str, address: &str) -> CoordinatorInfo {
         CoordinatorInfo {

@@ -47,8 +47,8 @@ pub use config::{
     normalize_address, validate_agent_id, ConfigError, ConfigRef, ShimConfig, Timing,
 };
 pub use coordinators::{
-    candidates, load_cache, save_cache, CoordinatorCache, CoordinatorInfo, COORDINATORS_FILE,
-    COORDINATORS_FILE_FORMAT,
+    candidates, candidates_spread, load_cache, save_cache, CoordinatorCache, CoordinatorInfo,
+    COORDINATORS_FILE, COORDINATORS_FILE_FORMAT,
 };
 pub use directive::{
     AppliedAck, ApplyOutcome, ApplyStatus, Current, Decision, Directive, DirectiveKind, Tracker,

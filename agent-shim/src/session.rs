@@ -71,7 +71,7 @@ use crate::backoff::{Admission, Backoff, RateLimiter};
 use crate::command::scrub_str;
 use crate::config::{ConfigError, ShimConfig, Timing};
 use crate::coordinators::{
-    candidates, load_cache, save_cache, CoordinatorCache, CoordinatorInfo, COORDINATORS_FILE,
+    candidates_spread, load_cache, save_cache, CoordinatorCache, CoordinatorInfo, COORDINATORS_FILE,
 };
 use crate::directive::{
     AppliedAck, ApplyOutcome, ApplyStatus, Decision, Directive, DirectiveKind, Tracker,
@@ -414,10 +414,11 @@ impl Inner {
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
-            let list = candidates(
+            let list = candidates_spread(
                 &self.config.coordinators,
                 &lock(&self.cached),
                 &self.config.home_region,
+                self.config.seed,
             );
             let addr = match prefer.take() {
                 Some(a) => a,

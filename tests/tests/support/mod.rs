@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod federation;
+pub mod fleet;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -18,7 +18,7 @@ use crate::ops::OpReply;
 /// How long the first item of a batch waits for company.
 const WINDOW: Duration = Duration::from_millis(20);
 
-type Waiter<T> = (T, oneshot::Sender<Result<u64, ApiError>>);
+type Waiter<T> = (T, oneshot::Sender<Result<(u64, u64), ApiError>>);
 
 /// A queue whose items are proposed in batches.
 pub(crate) struct Batcher<T> {
@@ -57,9 +57,10 @@ impl<T: Send + 'static> Batcher<T> {
                 let (items, waiters): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
                 let result = match propose(items).await {
                     Ok(reply) => match reply.outcomes.first() {
-                        Some(Outcome::Applied { epoch, .. } | Outcome::Duplicate { epoch, .. }) => {
-                            Ok(*epoch)
-                        }
+                        Some(
+                            Outcome::Applied { epoch, log_index }
+                            | Outcome::Duplicate { epoch, log_index },
+                        ) => Ok((*epoch, *log_index)),
                         Some(Outcome::Rejected { reason }) => {
                             Err(ApiError::Invalid(reason.to_string()))
                         }
@@ -74,8 +75,9 @@ impl<T: Send + 'static> Batcher<T> {
         });
     }
 
-    /// Queues `item`; resolves with the epoch after its batch committed.
-    pub(crate) async fn submit(&self, item: T) -> Result<u64, ApiError> {
+    /// Queues `item`; resolves with the epoch and log index after its batch
+    /// committed.
+    pub(crate) async fn submit(&self, item: T) -> Result<(u64, u64), ApiError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send((item, tx))

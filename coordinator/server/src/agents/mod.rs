@@ -61,13 +61,15 @@ impl AgentHub {
         }
     }
 
-    /// Queues a registration; resolves once it is committed.
-    pub async fn register(&self, a: AgentRegistration) -> Result<u64, ApiError> {
+    /// Queues a registration; resolves with the epoch and log index once
+    /// it is committed.
+    pub async fn register(&self, a: AgentRegistration) -> Result<(u64, u64), ApiError> {
         self.registrations.submit(a).await
     }
 
-    /// Queues a report; resolves once it is committed.
-    pub async fn report(&self, r: AgentReport) -> Result<u64, ApiError> {
+    /// Queues a report; resolves with the epoch and log index once it is
+    /// committed.
+    pub async fn report(&self, r: AgentReport) -> Result<(u64, u64), ApiError> {
         self.reports.submit(r).await
     }
 

@@ -159,7 +159,20 @@ impl Agent for AgentService {
         let epoch = if unchanged {
             self.coord.read_state(|s| s.epoch())
         } else {
-            self.coord.agents.register(a).await?
+            let (epoch, log_index) = self.coord.agents.register(a).await?;
+            // Answer only once this coordinator has applied the entry, so
+            // the shim's next call here (Watch) finds the registration.
+            let mut applied = self.coord.applied.clone();
+            let wait = applied.wait_for(|l| l.is_some_and(|l| l.index >= log_index));
+            if tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+                .await
+                .is_err()
+            {
+                return Err(Status::unavailable(
+                    "the registration committed but is not applied here yet; retry",
+                ));
+            }
+            epoch
         };
         Ok(Response::new(pb::RegisterResponse {
             fingerprint: caller.fingerprint.to_string(),
