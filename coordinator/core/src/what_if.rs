@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::agents::{plan, NoStandby};
+use crate::agents::NoStandby;
 use crate::command::RegionMode;
 use crate::health::RegionState;
 use crate::ids::RegionName;
@@ -112,25 +112,7 @@ pub fn plan_if_failed(
     if let Some(info) = regions.get_mut(region) {
         info.healthy = false;
     }
-    let current: BTreeMap<String, RegionName> = s
-        .agents()
-        .iter()
-        .filter_map(|(id, e)| e.standby.clone().map(|r| (id.clone(), r)))
-        .collect();
-    let frozen: BTreeSet<String> = s
-        .agents()
-        .iter()
-        .filter(|(_, e)| e.placement != Placement::Home)
-        .map(|(id, _)| id.clone())
-        .collect();
-    let p = plan(
-        s.agents().values().map(|e| &e.registration),
-        &current,
-        &frozen,
-        &regions,
-        now,
-        ttl_ms,
-    );
+    let p = s.plan_with(&regions, now, ttl_ms);
     // Regions that could take standbys once `region` is out.
     let usable: BTreeSet<&RegionName> = regions
         .iter()

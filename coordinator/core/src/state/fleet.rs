@@ -152,6 +152,37 @@ impl ReplicatedState {
             .collect()
     }
 
+    /// Runs the core planner on this state's agents with `regions` as the
+    /// planner's view: current standbys are kept where still valid, and
+    /// agents away from home keep theirs (their directive was fixed by the
+    /// decision).
+    pub fn plan_with(
+        &self,
+        regions: &BTreeMap<RegionName, RegionPlanInfo>,
+        now: Millis,
+        ttl_ms: u64,
+    ) -> crate::agents::Plan {
+        let current: BTreeMap<String, RegionName> = self
+            .agents
+            .iter()
+            .filter_map(|(id, e)| e.standby.clone().map(|r| (id.clone(), r)))
+            .collect();
+        let frozen: BTreeSet<String> = self
+            .agents
+            .iter()
+            .filter(|(_, e)| e.placement != Placement::Home)
+            .map(|(id, _)| id.clone())
+            .collect();
+        crate::agents::plan(
+            self.agents.values().map(|e| &e.registration),
+            &current,
+            &frozen,
+            regions,
+            now,
+            ttl_ms,
+        )
+    }
+
     /// The directive `agent_id` should follow now.
     pub fn directive(&self, agent_id: &str) -> Option<AgentDirective> {
         let e = self.agents.get(agent_id)?;

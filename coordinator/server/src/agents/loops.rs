@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_core::{
-    plan, BatchSpec, Command, MemberRole, Millis, Placement, RegionInfoUpdate, RegionName,
+    BatchSpec, Command, MemberRole, Millis, Placement, RegionInfoUpdate, RegionName,
     ReplicatedState, TokenLeaf,
 };
 use tracing::{debug, info, warn};
@@ -308,26 +308,7 @@ pub(crate) fn plan_changes(
     now: Millis,
     ttl_ms: u64,
 ) -> Vec<(String, Option<RegionName>)> {
-    let regions = s.plan_regions();
-    let current: BTreeMap<String, RegionName> = s
-        .agents()
-        .iter()
-        .filter_map(|(id, e)| e.standby.clone().map(|r| (id.clone(), r)))
-        .collect();
-    let frozen: BTreeSet<String> = s
-        .agents()
-        .iter()
-        .filter(|(_, e)| e.placement != Placement::Home)
-        .map(|(id, _)| id.clone())
-        .collect();
-    let p = plan(
-        s.agents().values().map(|e| &e.registration),
-        &current,
-        &frozen,
-        &regions,
-        now,
-        ttl_ms,
-    );
+    let p = s.plan_with(&s.plan_regions(), now, ttl_ms);
     let mut changes = Vec::new();
     for (id, e) in s.agents() {
         if e.placement != Placement::Home {
