@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::agents::AgentRegistration;
+use crate::drill::DrillRecord;
 use crate::handover::{SignedBatch, TokenLeaf};
 use crate::health::{ObservationRecord, RegionState};
 use crate::ids::{NodeId, RegionName, RequestId};
@@ -103,6 +104,9 @@ pub enum Command {
         region: RegionName,
         agents: Vec<String>,
     },
+    /// What a disaster-recovery drill measured (`tern drill REGION`),
+    /// recorded in the audit trail. Changes nothing else.
+    RecordDrill { drill: DrillRecord },
 }
 
 /// An operator's override of a region.
@@ -174,6 +178,7 @@ impl Command {
             Command::ReportAgents { .. } => "report_agents",
             Command::SetRegionMode { .. } => "set_region_mode",
             Command::HandBack { .. } => "hand_back",
+            Command::RecordDrill { .. } => "record_drill",
         }
     }
 
@@ -250,6 +255,7 @@ impl Command {
                 Ok(())
             }
             Command::SetRegionMode { .. } => Ok(()),
+            Command::RecordDrill { drill } => drill.validate(),
             Command::HandBack { agents, .. } => {
                 if agents.is_empty() || agents.len() > 10_000 {
                     return Err("a hand-back wave holds 1 to 10000 agents".into());

@@ -10,6 +10,7 @@
 mod agents;
 mod audit;
 mod command;
+mod drill;
 mod handover;
 mod health;
 #[cfg(test)]
@@ -30,6 +31,7 @@ pub use command::{
     AgentReport, Batch, BatchResponse, Command, Outcome, Proposal, RegionInfoUpdate, RegionMode,
     Rejection, MAX_NOTE_KEY, MAX_NOTE_VALUE,
 };
+pub use drill::{DrillRecord, DrillStep, MAX_DRILL_DETAIL, MAX_DRILL_LABEL, MAX_DRILL_STEPS};
 pub use handover::{
     handover_key_id, sign_batch, token_for, verify_batch, verify_token, BatchHeader, BatchSpec,
     HandoverError, HandoverToken, MerkleTree, SignedBatch, TokenError, TokenLeaf,

@@ -550,6 +550,14 @@ impl ReplicatedState {
                 self.set_region_mode(region, *mode, at)
             }
             Command::HandBack { region, agents } => self.hand_back(region, agents),
+            Command::RecordDrill { drill } => {
+                if !self.regions().contains_key(&drill.region) {
+                    return Err(Rejection::Invalid {
+                        message: format!("{} is not a region of this federation", drill.region),
+                    });
+                }
+                Ok(drill.summary())
+            }
         }
     }
 
@@ -1083,6 +1091,85 @@ mod tests {
     // being attached at home at the wave's epoch brings it Home. A drained
     // region's agents move at once; undrain does not bring them home by
     // itself (waves do).
+    /// A drill record lands in the audit trail with its summary and the
+    /// measured steps, changes neither the epoch nor anything else, and is
+    /// refused for a region the federation does not have.
+    #[test]
+    fn drill_records_are_audited_and_change_nothing() {
+        let mut s = ReplicatedState::default();
+        let mut eu = member(1, "eu", 1);
+        eu.control_plane = Some("https://eu:1".into());
+        s.apply(
+            1,
+            &batch(
+                1,
+                vec![prop(
+                    "m1",
+                    Command::UpsertMember {
+                        member: eu,
+                        expect_epoch: None,
+                    },
+                )],
+            ),
+        );
+        let epoch = s.epoch();
+        s.take_dirty();
+        let drill = |region: &str| crate::drill::DrillRecord {
+            region: region.parse().expect("r"),
+            method: "drain".into(),
+            outcome: "completed".into(),
+            started_at_ms: 5,
+            total_ms: 900,
+            agents: 3,
+            steps: vec![crate::drill::DrillStep {
+                name: "decision".into(),
+                at_ms: 100,
+                took_ms: 100,
+            }],
+            detail: String::new(),
+        };
+        let out = s.apply(
+            2,
+            &batch(
+                2,
+                vec![prop("d1", Command::RecordDrill { drill: drill("eu") })],
+            ),
+        );
+        assert!(
+            matches!(out.outcomes[0], Outcome::Applied { .. }),
+            "{out:?}"
+        );
+        assert_eq!(s.epoch(), epoch, "a drill record bumps no epoch");
+        let last = s.audit().back().expect("audit record");
+        assert_eq!(last.kind, "record_drill");
+        assert_eq!(
+            last.summary,
+            "drill of eu (drain, 3 agents) completed in 0.9 s: decision +0.1 s"
+        );
+        assert_eq!(last.details["drill"]["steps"][0]["at_ms"], 100);
+        // Only audit and request rows were added: nothing else changed.
+        let tables: BTreeSet<&str> = s.take_dirty().iter().map(|k| k.table()).collect();
+        assert!(
+            tables
+                .iter()
+                .all(|t| ["audit", "request", "meta"].contains(t)),
+            "{tables:?}"
+        );
+        let out = s.apply(
+            3,
+            &batch(
+                3,
+                vec![prop("d2", Command::RecordDrill { drill: drill("ap") })],
+            ),
+        );
+        match &out.outcomes[0] {
+            Outcome::Rejected { reason } => {
+                assert!(reason.to_string().contains("not a region"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
     #[test]
     fn hand_back_needs_home_to_accept_the_agent() {
         let mut s = ReplicatedState::default();

@@ -201,9 +201,24 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs `cmd` to completion, killing it after `deadline`. Output is read
-/// while it runs (no pipe can fill up).
+/// Runs `cmd` to completion, killing it after `deadline`; a non-zero exit
+/// is an error. Output is read while it runs (no pipe can fill up).
 pub fn run_bounded(cmd: &mut Command, deadline: Duration) -> anyhow::Result<Output> {
+    let output = run_bounded_any(cmd, deadline)?;
+    if !output.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output)
+}
+
+/// Runs `cmd` to completion, killing it after `deadline`, whatever its exit
+/// status (the caller checks it).
+pub fn run_bounded_any(cmd: &mut Command, deadline: Duration) -> anyhow::Result<Output> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -252,14 +267,6 @@ pub fn run_bounded(cmd: &mut Command, deadline: Duration) -> anyhow::Result<Outp
         stdout,
         stderr,
     };
-    if !output.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
     Ok(output)
 }
 

@@ -36,6 +36,9 @@ pub struct FleetStatus {
 /// One line of `--events-file`.
 #[derive(Debug, Deserialize)]
 pub struct Event {
+    /// When the fleet process saw it (Unix ms).
+    #[serde(default)]
+    pub t_ms: u64,
     pub agent_id: String,
     pub event: String,
     #[serde(default)]

@@ -5,7 +5,7 @@
 //! (forwarded from followers by `Coordinator::submit`). Conversions between
 //! generated protobuf types and core types live here and nowhere else.
 
-mod agents;
+pub(crate) mod agents;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -319,6 +319,53 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::AgentSummaryResponse>, Status> {
         require_admin(&req)?;
         Ok(Response::new(agents::agent_summary(&self.coord)))
+    }
+
+    #[instrument(skip_all, name = "grpc.admin.record_drill", fields(region = %req.get_ref().region))]
+    async fn record_drill(
+        &self,
+        req: Request<pb::RecordDrillRequest>,
+    ) -> Result<Response<pb::RecordDrillResponse>, Status> {
+        let actor = require_admin(&req)?;
+        let r = req.into_inner();
+        let region: tern_core::RegionName = r
+            .region
+            .parse()
+            .map_err(|e| ApiError::Invalid(format!("region: {e}")))?;
+        let drill = tern_core::DrillRecord {
+            region,
+            method: r.method,
+            outcome: r.outcome,
+            started_at_ms: r.started_at_ms,
+            total_ms: r.total_ms,
+            agents: r.agents,
+            steps: r
+                .steps
+                .into_iter()
+                .map(|s| tern_core::DrillStep {
+                    name: s.name,
+                    at_ms: s.at_ms,
+                    took_ms: s.took_ms,
+                })
+                .collect(),
+            detail: r.detail,
+        };
+        drill.validate().map_err(ApiError::Invalid)?;
+        let p = Proposal {
+            request_id: request_id(&r.request_id)?,
+            actor,
+            command: Command::RecordDrill { drill },
+        };
+        let reply = self
+            .coord
+            .submit(AdminOp::Propose { proposals: vec![p] })
+            .await?;
+        let (epoch, duplicate) = first_outcome(&reply)?;
+        Ok(Response::new(pb::RecordDrillResponse {
+            log_index: reply.log_index,
+            epoch,
+            duplicate,
+        }))
     }
 }
 

@@ -196,7 +196,7 @@ pub async fn run(cmd: FleetCmd) -> anyhow::Result<i32> {
 
 /// An API error as the operator reads it, with what to do for the usual
 /// ones.
-fn api_err(s: tonic::Status, region: Option<&str>) -> anyhow::Error {
+pub(super) fn api_err(s: tonic::Status, region: Option<&str>) -> anyhow::Error {
     let hint = match (s.code(), region) {
         (tonic::Code::FailedPrecondition, Some(r)) => {
             format!("\nnothing changed: review `tern plan {r}` and retry with the epoch it shows")

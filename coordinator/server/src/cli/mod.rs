@@ -7,6 +7,7 @@
 mod admin;
 mod agents;
 mod demo;
+mod drill;
 mod pki;
 mod standin;
 
@@ -116,6 +117,10 @@ pub enum Cmd {
     },
     #[command(flatten)]
     Fleet(agents::FleetCmd),
+    /// Disaster-recovery drill: take REGION out (drain, or an outage of its
+    /// stand-in), time every step, restore it, record the timings in the
+    /// audit trail.
+    Drill(drill::DrillArgs),
     /// Development PKI: a CA, coordinator and admin certificates.
     Pki {
         #[command(subcommand)]
@@ -245,6 +250,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Pause { reason, client } => admin::pause(&client, true, reason).await,
         Cmd::Resume { reason, client } => admin::pause(&client, false, reason).await,
         Cmd::Fleet(cmd) => agents::run(cmd).await,
+        Cmd::Drill(args) => drill::run(args).await,
         Cmd::Pki { cmd } => pki::run(cmd),
         Cmd::Demo { dir, action: None } => {
             crate::telemetry::init_quiet();
