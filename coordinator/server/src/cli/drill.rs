@@ -541,7 +541,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
                 String::new()
             }
         );
-        println!("  {:<16} {:>9}  {}", "step", "at", "(after the previous)");
+        println!("  {:<16} {:>9}  (after the previous)", "step", "at");
     }
     let mut drill = Drill {
         admin,
