@@ -361,6 +361,9 @@ pub async fn run(dir: &Path) -> anyhow::Result<i32> {
     println!(
         "  tern plan eu                     # where eu's agents would go, what preflight rejects"
     );
+    println!(
+        "  tern drill us                    # timed DR drill: drain us, agents out and home again"
+    );
     println!("  tern pause / tern resume         # automation off and on");
     println!("  curl http://{}/metrics", regions[1].http);
     println!("Press Ctrl-C to stop the federation.");
