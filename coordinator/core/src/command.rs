@@ -14,6 +14,8 @@ use crate::handover::{SignedBatch, TokenLeaf};
 use crate::health::{ObservationRecord, RegionState};
 use crate::ids::{NodeId, RegionName, RequestId};
 use crate::member::Member;
+use crate::rotation::{ApprovalPolicy, PinKind};
+use crate::state::RotateOp;
 use crate::time::Millis;
 
 /// Largest note key, in bytes.
@@ -107,6 +109,15 @@ pub enum Command {
     /// What a disaster-recovery drill measured (`tern drill REGION`),
     /// recorded in the audit trail. Changes nothing else.
     RecordDrill { drill: DrillRecord },
+    /// One step of a pin rotation (`tern rotate ...`, or a coordinator's
+    /// rotation loop). Phase changes bump the epoch.
+    Rotate { op: RotateOp },
+    /// The approval policy of a pin kind (`tern rotate policy`). Bumps the
+    /// epoch.
+    SetRotationPolicy {
+        pin_kind: PinKind,
+        policy: ApprovalPolicy,
+    },
 }
 
 /// An operator's override of a region.
@@ -179,6 +190,8 @@ impl Command {
             Command::SetRegionMode { .. } => "set_region_mode",
             Command::HandBack { .. } => "hand_back",
             Command::RecordDrill { .. } => "record_drill",
+            Command::Rotate { .. } => "rotate",
+            Command::SetRotationPolicy { .. } => "set_rotation_policy",
         }
     }
 
@@ -256,6 +269,7 @@ impl Command {
             }
             Command::SetRegionMode { .. } => Ok(()),
             Command::RecordDrill { drill } => drill.validate(),
+            Command::Rotate { .. } | Command::SetRotationPolicy { .. } => Ok(()),
             Command::HandBack { agents, .. } => {
                 if agents.is_empty() || agents.len() > 10_000 {
                     return Err("a hand-back wave holds 1 to 10000 agents".into());

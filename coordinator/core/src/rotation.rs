@@ -122,10 +122,13 @@ impl fmt::Display for PinKind {
 }
 
 /// Whether a rotation of a kind of pin needs a second administrator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalPolicy {
     /// A proposal is staged at once.
+    #[default]
     Auto,
     /// A proposal waits in `PendingApproval` until an administrator other
     /// than the proposer approves it (`tern rotate approve`), as Ampora's

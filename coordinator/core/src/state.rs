@@ -8,6 +8,7 @@
 //! gives each row's new value (or `None`: delete it).
 
 mod fleet;
+mod rotations;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -20,7 +21,9 @@ use crate::health::{RegionRecord, RegionState};
 use crate::ids::{NodeId, RegionName, RequestId, Thumbprint};
 use crate::member::Member;
 use crate::member::MemberRole;
+use crate::rotation::{ApprovalPolicy, PinSubject, Rotation};
 use crate::time::Millis;
+pub use rotations::{RotateOp, FINISHED_ROTATIONS_KEPT};
 pub use fleet::{AgentDirective, DirectiveAction, RegionInfo, StagedBatch, StagedRef};
 
 /// Audit records kept in the replicated state (older ones are dropped).
@@ -60,6 +63,11 @@ pub struct Meta {
     /// Automation is paused by an administrator.
     #[serde(default)]
     pub paused: bool,
+    /// Approval policy of transport and federation pin rotations.
+    #[serde(default)]
+    pub transport_approval: ApprovalPolicy,
+    #[serde(default)]
+    pub federation_approval: ApprovalPolicy,
 }
 
 /// Where an agent is, as far as Tern's decisions go.
@@ -130,6 +138,7 @@ pub enum RowKey {
     TrustBundle(RegionName),
     RegionInfo(RegionName),
     Staged(RegionName, u64),
+    Rotation(u64),
 }
 
 impl RowKey {
@@ -145,6 +154,7 @@ impl RowKey {
             RowKey::TrustBundle(_) => "trust_bundle",
             RowKey::RegionInfo(_) => "region_info",
             RowKey::Staged(..) => "staged",
+            RowKey::Rotation(_) => "rotation",
         }
     }
 
@@ -160,6 +170,7 @@ impl RowKey {
             RowKey::TrustBundle(r) => r.to_string(),
             RowKey::RegionInfo(r) => r.to_string(),
             RowKey::Staged(r, id) => format!("{r}/{id:020}"),
+            RowKey::Rotation(id) => format!("{id:020}"),
         }
     }
 }
@@ -198,6 +209,9 @@ pub struct ReplicatedState {
     /// Staged authorization batches by source region and batch id.
     #[serde(default)]
     staged: BTreeMap<RegionName, BTreeMap<u64, StagedBatch>>,
+    /// Pin rotations by id: running ones and the newest finished ones.
+    #[serde(default)]
+    rotations: BTreeMap<u64, Rotation>,
     /// Derived from `requests`: expiry order.
     #[serde(skip)]
     request_order: BTreeSet<(Millis, RequestId)>,
@@ -333,6 +347,17 @@ impl ReplicatedState {
                 expect_epoch,
             } => {
                 self.check_epoch(*expect_epoch)?;
+                if let Some(r) = self.running_rotation(&PinSubject::Transport(member.node_id)) {
+                    return Err(Rejection::Conflict {
+                        message: format!(
+                            "node {}'s pin is being rotated (rotation {}, {}): finish or roll \
+                             it back first",
+                            member.node_id,
+                            r.id(),
+                            r.phase()
+                        ),
+                    });
+                }
                 if let Some(other) = self
                     .members
                     .values()
@@ -550,6 +575,10 @@ impl ReplicatedState {
                 self.set_region_mode(region, *mode, at)
             }
             Command::HandBack { region, agents } => self.hand_back(region, agents),
+            Command::Rotate { op } => self.rotate(log_index, at, &p.actor, op),
+            Command::SetRotationPolicy { pin_kind, policy } => {
+                self.set_rotation_policy(*pin_kind, *policy)
+            }
             Command::RecordDrill { drill } => {
                 if !self.regions().contains_key(&drill.region) {
                     return Err(Rejection::Invalid {
@@ -637,6 +666,7 @@ impl ReplicatedState {
             RowKey::TrustBundle(r) => serde_json::to_string(self.trust_bundles.get(r)?),
             RowKey::RegionInfo(r) => serde_json::to_string(self.region_info.get(r)?),
             RowKey::Staged(r, id) => serde_json::to_string(self.staged.get(r)?.get(id)?),
+            RowKey::Rotation(id) => serde_json::to_string(self.rotations.get(id)?),
         };
         v.ok()
     }
@@ -663,6 +693,7 @@ impl ReplicatedState {
         for (r, batches) in &self.staged {
             keys.extend(batches.keys().map(|id| RowKey::Staged(r.clone(), *id)));
         }
+        keys.extend(self.rotations.keys().map(|id| RowKey::Rotation(*id)));
         keys.into_iter()
             .filter_map(|k| self.row_value(&k).map(|v| (k, v)))
             .collect()
@@ -738,6 +769,10 @@ impl ReplicatedState {
                         .entry(b.batch.header.source.clone())
                         .or_default()
                         .insert(b.batch.header.batch_id, b);
+                }
+                "rotation" => {
+                    let r: Rotation = parse(&t, &k, &v)?;
+                    s.rotations.insert(r.id(), r);
                 }
                 _ => return Err(StateError::UnknownTable(t)),
             }
