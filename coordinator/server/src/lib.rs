@@ -20,6 +20,7 @@ pub mod node;
 pub mod ops;
 pub mod proposer;
 pub mod raft;
+pub mod rotation;
 pub mod standin;
 pub mod store;
 pub mod telemetry;

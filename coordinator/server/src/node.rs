@@ -49,6 +49,8 @@ pub struct Coordinator {
     pub agents: crate::agents::AgentHub,
     /// Agent CA bundles accepted by the TLS acceptor.
     pub agent_trust: tls::AgentTrust,
+    /// The transport certificate presented, swapped by pin rotations.
+    pub transport: crate::rotation::Transport,
 }
 
 /// What `run` writes to the ready file once it serves.
@@ -453,6 +455,7 @@ pub async fn run(
                 .context("the handover signing key")?,
         ),
         agent_trust: tls_server.agent_trust().clone(),
+        transport: crate::rotation::Transport::new(tls_server.clone(), files.clone(), identity),
     });
     coord.refresh_pins();
     coord.refresh_agent_trust();
@@ -464,6 +467,7 @@ pub async fn run(
     let prober = crate::health::Prober::new(&probe_ca)
         .with_context(|| format!("loading probe.ca_file {}", probe_ca.display()))?;
     crate::health::spawn(coord.clone(), prober);
+    crate::rotation::spawn(coord.clone());
     let region_client = match &config.control_plane {
         Some(cp) => Some(
             crate::agents::RegionClient::new(cp, &probe_ca, &config.cert_file, &config.key_file)

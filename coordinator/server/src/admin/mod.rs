@@ -6,6 +6,7 @@
 //! generated protobuf types and core types live here and nowhere else.
 
 pub(crate) mod agents;
+pub mod rotation;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -319,6 +320,36 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::AgentSummaryResponse>, Status> {
         require_admin(&req)?;
         Ok(Response::new(agents::agent_summary(&self.coord)))
+    }
+
+    async fn rotation_status(
+        &self,
+        req: Request<pb::RotationStatusRequest>,
+    ) -> Result<Response<pb::RotationStatusResponse>, Status> {
+        require_admin(&req)?;
+        Ok(Response::new(rotation::status(&self.coord)))
+    }
+
+    #[instrument(skip_all, name = "grpc.admin.rotate", fields(action = %req.get_ref().action))]
+    async fn rotate(
+        &self,
+        req: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::RotateResponse>, Status> {
+        let actor = require_admin(&req)?;
+        Ok(Response::new(
+            rotation::rotate(&self.coord, actor, req.into_inner()).await?,
+        ))
+    }
+
+    #[instrument(skip_all, name = "grpc.admin.set_rotation_policy")]
+    async fn set_rotation_policy(
+        &self,
+        req: Request<pb::SetRotationPolicyRequest>,
+    ) -> Result<Response<pb::SetRotationPolicyResponse>, Status> {
+        let actor = require_admin(&req)?;
+        Ok(Response::new(
+            rotation::set_policy(&self.coord, actor, req.into_inner()).await?,
+        ))
     }
 
     #[instrument(skip_all, name = "grpc.admin.record_drill", fields(region = %req.get_ref().region))]

@@ -9,6 +9,7 @@ mod agents;
 mod demo;
 mod drill;
 mod pki;
+mod rotate;
 mod standin;
 
 use std::path::PathBuf;
@@ -117,6 +118,14 @@ pub enum Cmd {
     },
     #[command(flatten)]
     Fleet(agents::FleetCmd),
+    /// Pin rotations: status, start, approve, advance, rollback, exclude,
+    /// approval policy.
+    Rotate {
+        #[command(subcommand)]
+        cmd: rotate::RotateCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Disaster-recovery drill: take REGION out (drain, or an outage of its
     /// stand-in), time every step, restore it, record the timings in the
     /// audit trail.
@@ -251,6 +260,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Resume { reason, client } => admin::pause(&client, false, reason).await,
         Cmd::Fleet(cmd) => agents::run(cmd).await,
         Cmd::Drill(args) => drill::run(args).await,
+        Cmd::Rotate { cmd, client } => rotate::run(&client, cmd).await,
         Cmd::Pki { cmd } => pki::run(cmd),
         Cmd::Demo { dir, action: None } => {
             crate::telemetry::init_quiet();

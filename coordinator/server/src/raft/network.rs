@@ -103,6 +103,22 @@ impl PeerChannels {
         }
     }
 
+    /// The TLS client every channel dials with (shared: a reload takes
+    /// effect for connections dialed afterwards).
+    pub fn client(&self) -> &TlsClient {
+        &self.client
+    }
+
+    /// Forgets every cached channel, so the next call dials afresh with the
+    /// client's current material (after a certificate swap). Channels
+    /// still held by callers keep working until they drop.
+    pub fn reset(&self) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// The channel to `addr` (host:port), created on first use.
     pub fn get(&self, addr: &str) -> Result<Channel, tls::TlsError> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());

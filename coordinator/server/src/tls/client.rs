@@ -125,6 +125,23 @@ impl TlsClient {
         self.state.borrow().config.clone()
     }
 
+    /// Dials `addr` (host:port) on a fresh connection with the current
+    /// material (pin check included) and returns the thumbprint of the
+    /// certificate the server presented. For confirming what a peer
+    /// presents during a rotation; the connection is closed at once.
+    pub async fn handshake(&self, addr: &str) -> io::Result<Thumbprint> {
+        let uri: Uri = format!("http://{addr}")
+            .parse()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+        let conn = connect(self.config(), uri).await?;
+        let (_, session) = conn.inner().get_ref();
+        let leaf = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| io::Error::other("the server presented no certificate"))?;
+        Ok(super::thumbprint_of_der(leaf))
+    }
+
     /// A connector for `Endpoint::connect_with_connector_lazy`; it follows
     /// later reloads.
     pub fn connector(&self) -> TlsConnector {
