@@ -52,8 +52,8 @@ pub use rotation::{
 };
 pub use state::{
     AgentDirective, AgentEntry, DirectiveAction, Meta, NoteRecord, Placement, RegionInfo,
-    ReplicatedState, RequestRecord, RotateOp, RowKey, StagedBatch, StagedRef, StateError, TrustBundle,
-    AUDIT_KEEP, FINISHED_ROTATIONS_KEPT, REQUEST_KEEP_MAX, REQUEST_KEEP_MS,
+    ReplicatedState, RequestRecord, RotateOp, RowKey, StagedBatch, StagedRef, StateError,
+    TrustBundle, AUDIT_KEEP, FINISHED_ROTATIONS_KEPT, REQUEST_KEEP_MAX, REQUEST_KEEP_MS,
 };
 pub use time::Millis;
 pub use what_if::{no_standby_reason, plan_if_failed, TargetLoad, WhatIf, WhatIfAgent};

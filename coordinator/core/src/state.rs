@@ -23,8 +23,8 @@ use crate::member::Member;
 use crate::member::MemberRole;
 use crate::rotation::{ApprovalPolicy, PinSubject, Rotation};
 use crate::time::Millis;
-pub use rotations::{RotateOp, FINISHED_ROTATIONS_KEPT};
 pub use fleet::{AgentDirective, DirectiveAction, RegionInfo, StagedBatch, StagedRef};
+pub use rotations::{RotateOp, FINISHED_ROTATIONS_KEPT};
 
 /// Audit records kept in the replicated state (older ones are dropped).
 pub const AUDIT_KEEP: usize = 10_000;

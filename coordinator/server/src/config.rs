@@ -72,6 +72,8 @@ pub struct FileConfig {
     pub health: FileHealth,
     #[serde(default)]
     pub agents: FileAgents,
+    #[serde(default)]
+    pub http: FileHttp,
     /// Dial these coordinators at another address than the member table's
     /// (split-horizon networks, relays): node id -> host:port.
     #[serde(default)]
@@ -105,6 +107,12 @@ pub struct FileAgents {
     pub token_ttl_ms: Option<u64>,
     pub handback_wave_size: Option<usize>,
     pub handback_wave_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp {
+    pub status_page: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -294,8 +302,8 @@ pub struct Config {
     /// gRPC listener (Raft transport, admin and agent APIs), mutual TLS.
     /// Required; port 0 picks a free port.
     pub listen_grpc: SocketAddr,
-    /// Plain HTTP listener for /health/live, /health/ready and /metrics.
-    /// Required; port 0 picks a free port.
+    /// Plain HTTP listener for /health/live, /health/ready, /metrics and
+    /// (see `http`) /status. Required; port 0 picks a free port.
     pub listen_http: SocketAddr,
     /// host:port other coordinators dial. Default: the bound gRPC address.
     pub advertise: Option<String>,
@@ -323,6 +331,24 @@ pub struct Config {
     pub dial_overrides: std::collections::BTreeMap<NodeId, String>,
     /// Agents, standbys and handover (`[agents]`).
     pub agents: AgentsConfig,
+    /// What the plain HTTP listener serves besides health and metrics
+    /// (`[http]`).
+    pub http: HttpConfig,
+}
+
+/// The `[http]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Serve the read-only status page, `/status` (HTML) and
+    /// `/status.json`, without authentication, like /metrics. Default true;
+    /// false answers 404 on both.
+    pub status_page: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { status_page: true }
+    }
 }
 
 /// The `[agents]` section.
@@ -546,6 +572,12 @@ impl Config {
                 .handback_wave_interval_ms
                 .unwrap_or(da.handback_wave_interval_ms),
         };
+        let http = HttpConfig {
+            status_page: file
+                .http
+                .status_page
+                .unwrap_or(HttpConfig::default().status_page),
+        };
         let cfg = Config {
             node_id,
             region,
@@ -567,6 +599,7 @@ impl Config {
             health,
             dial_overrides,
             agents,
+            http,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -792,6 +825,30 @@ key_file = "node.key"
         assert_eq!(c.data_dir, dir.path().join("data"));
         assert_eq!(c.role, MemberRole::Region);
         assert!(!c.initialize);
+        assert!(c.http.status_page, "the status page is on by default");
+    }
+
+    // Property: `[http] status_page = false` turns the status page off, and
+    // a value of the wrong type is refused naming the field.
+    #[test]
+    fn status_page_can_be_turned_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = base(dir.path());
+        let c = load(
+            dir.path(),
+            &format!("{b}[http]\nstatus_page = false\n"),
+            &Overrides::default(),
+        )
+        .expect("valid");
+        assert!(!c.http.status_page);
+        let err = load(
+            dir.path(),
+            &format!("{b}[http]\nstatus_page = \"no\"\n"),
+            &Overrides::default(),
+        )
+        .expect_err("a string is not a bool")
+        .to_string();
+        assert!(err.contains("status_page"), "{err}");
     }
 
     // Property: flags/environment override the file.

@@ -1,7 +1,8 @@
 //! The plain-HTTP endpoints of a coordinator: `/health/live`,
-//! `/health/ready` and `/metrics`. They expose no secrets and change
-//! nothing, so they carry no authentication (bind them where your
-//! monitoring can reach them).
+//! `/health/ready`, `/metrics`, and (unless `http.status_page = false`)
+//! the status page `/status` and `/status.json` (see `status_page`). They
+//! expose no secrets and change nothing, so they carry no authentication
+//! (bind them where your monitoring can reach them).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,11 +22,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .with_state(coord);
+        .route("/metrics", get(metrics));
+    if coord.config.http.status_page {
+        app = app.merge(crate::status_page::routes());
+    }
+    let app = app.with_state(coord);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

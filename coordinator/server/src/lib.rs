@@ -22,6 +22,7 @@ pub mod proposer;
 pub mod raft;
 pub mod rotation;
 pub mod standin;
+pub mod status_page;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -113,6 +113,7 @@ impl LocalCluster {
                 health: Default::default(),
                 dial_overrides: Default::default(),
                 agents: Default::default(),
+                http: Default::default(),
             };
             nodes.push(LocalNode::spawn(config, grpc, http)?);
         }

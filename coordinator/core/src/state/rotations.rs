@@ -29,7 +29,10 @@ pub enum RotateOp {
     /// Start rotating `subject`'s pin to `new`. The old thumbprint, the
     /// peers and the approval policy come from the state. The rotation's id
     /// is the log index of the entry.
-    Start { subject: PinSubject, new: Thumbprint },
+    Start {
+        subject: PinSubject,
+        new: Thumbprint,
+    },
     /// A second administrator approves a four-eyes rotation.
     Approve { id: u64 },
     /// A peer confirms it carried out `phase` (a coordinator, for itself).
@@ -155,9 +158,7 @@ impl ReplicatedState {
                     .rotations
                     .get_mut(&id)
                     .ok_or_else(|| conflict(format!("no rotation {id}")))?;
-                let own_node = |n: NodeId| {
-                    actor.eq_ignore_ascii_case(&format!("node:{n}"))
-                };
+                let own_node = |n: NodeId| actor.eq_ignore_ascii_case(&format!("node:{n}"));
                 let event = match other {
                     RotateOp::Approve { id } => rotation.approve(*id, actor, at),
                     RotateOp::Confirm { id, peer, phase } => {
@@ -243,11 +244,7 @@ impl ReplicatedState {
                         m.thumbprints.len()
                     )));
                 };
-                if let Some(other) = self
-                    .members
-                    .values()
-                    .find(|o| o.thumbprints.contains(&new))
-                {
+                if let Some(other) = self.members.values().find(|o| o.thumbprints.contains(&new)) {
                     return Err(conflict(format!(
                         "{} is already pinned for node {}",
                         new.short(),

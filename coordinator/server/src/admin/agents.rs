@@ -341,7 +341,7 @@ pub(super) fn list_agents(
 }
 
 /// `AgentSummary`: counts per (home region, serving region, state).
-pub(super) fn agent_summary(coord: &Coordinator) -> pb::AgentSummaryResponse {
+pub(crate) fn agent_summary(coord: &Coordinator) -> pb::AgentSummaryResponse {
     coord.read_state(|s| {
         let mut counts: BTreeMap<(String, String, &'static str), u64> = BTreeMap::new();
         for e in s.agents().values() {
