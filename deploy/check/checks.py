@@ -42,8 +42,6 @@ PLANNED_METRICS = {
     "tern_agents_staged",
     "tern_agents_stranded",
     "tern_agent_streams",
-    "tern_cert_expiry_seconds",
-    "tern_rotation_blocked",
 }
 
 # ConfigMaps and Secrets the operator creates (documented), so a render

@@ -486,3 +486,117 @@ fn four_eyes_exclusion_and_rollback() {
         Ok(())
     });
 }
+
+/// Properties:
+/// - with the built-in issuer configured (`tls.issuer_key_file`), a
+///   coordinator whose certificate is past 70-90% of its lifetime renews
+///   it by itself (same names, same lifetime, a new key) and rotates its
+///   pin to the renewal through every phase, with no refused handshake;
+/// - a certificate that is not due is left alone.
+#[test]
+fn built_in_issuer_renews_a_due_certificate_and_rotates_it() {
+    run(
+        "built_in_issuer_renews_a_due_certificate_and_rotates_it",
+        |h| {
+            let fed = Federation::start(
+                h,
+                FederationConfig {
+                    relays: false,
+                    ..FederationConfig::default()
+                },
+            )?;
+            let l = fed.leader()?;
+            let i = (l + 1) % fed.len();
+            let region = fed.region(i);
+            let subject = format!("transport:{}", i + 1);
+            // Configure the issuer and restart: the 90-day certificate is not
+            // due, so nothing rotates.
+            let config = fed.nodes[i].config_path();
+            let text = std::fs::read_to_string(&config)?;
+            let ca_key = fed.pki.dir.join("ca.key");
+            let text = text.replacen(
+                "\n[raft]",
+                &format!("issuer_key_file = \"{}\"\n\n[raft]", ca_key.display()),
+                1,
+            );
+            std::fs::write(&config, text)?;
+            fed.restart(i)?;
+            fed.wait_healthy("after the restart", Duration::from_secs(60))?;
+            // A rotation takes a few seconds when it happens: give the issuer
+            // twice the loop's ticks to (wrongly) act.
+            let quiet_until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < quiet_until {
+                ensure!(
+                    rotation_of(&fed, l, &subject)?.is_none(),
+                    "a certificate that is not due was rotated"
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            // A certificate at 91% of its 55-minute lifetime: due whatever the
+            // jitter. Installing it rotates to it (file change); then the
+            // issuer renews it.
+            let now = time::OffsetDateTime::now_utc();
+            let fmt = |t: time::OffsetDateTime| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            };
+            let due_tp = fed.pki.node(
+                &format!("{region}-due"),
+                fed.nodes[i].ip,
+                &[
+                    "--not-before",
+                    &fmt(now - time::Duration::minutes(50)),
+                    "--not-after",
+                    &fmt(now + time::Duration::minutes(5)),
+                ],
+            )?;
+            install(&fed.pki.dir, &format!("{region}-due"), region)?;
+            let renewed = wait_until(
+                "the issuer's renewal to be rotated in",
+                Duration::from_secs(120),
+                Duration::from_millis(250),
+                || match rotate_status(&fed, l) {
+                    Ok(s) => {
+                        let done: Vec<&Value> = s["rotations"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter(|r| {
+                                        r["subject"] == subject.as_str()
+                                            && r["phase"] == "completed"
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        match done.iter().find(|r| r["old"] == due_tp.as_str()) {
+                            Some(r) => Check::Ready((*r).clone()),
+                            None => Check::pending(format!("{} completed so far", done.len())),
+                        }
+                    }
+                    Err(e) => Check::pending(format!("{e:#}")),
+                },
+            )?;
+            let new_tp = renewed["new"].as_str().unwrap_or_default().to_string();
+            ensure!(new_tp != due_tp, "renewed to the same certificate");
+            let file_tp = run_bounded(
+                support::tern()
+                    .args(["pki", "thumbprint"])
+                    .arg(fed.pki.cert(region)),
+                Duration::from_secs(10),
+            )?;
+            ensure!(
+                String::from_utf8_lossy(&file_tp.stdout).trim() == new_tp,
+                "the files hold the renewal"
+            );
+            ensure!(
+                renewed["proposed_by"] == format!("node:{}", i + 1).as_str(),
+                "the owner proposed it: {renewed}"
+            );
+            let presenting = rotate_status(&fed, i)?["presenting"].clone();
+            ensure!(presenting == new_tp.as_str(), "node presents {presenting}");
+            let refused = refusals(&fed, None);
+            ensure!(refused.is_empty(), "handshakes refused: {refused:?}");
+            Ok(())
+        },
+    );
+}

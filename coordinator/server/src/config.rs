@@ -139,6 +139,7 @@ pub struct FileTls {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub admin_ca_file: Option<PathBuf>,
+    pub issuer_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -315,6 +316,11 @@ pub struct Config {
     pub key_file: PathBuf,
     /// CA bundle that admin client certificates chain to. Default: `ca_file`.
     pub admin_ca_file: Option<PathBuf>,
+    /// Built-in issuer (development PKI): the private key of the CA in
+    /// `ca_file`. When set, the coordinator renews its own certificate at
+    /// 70-90% of its lifetime (jittered), which starts a pin rotation.
+    /// Default: none (an external issuer renews the files).
+    pub issuer_key_file: Option<PathBuf>,
     pub raft: RaftTuning,
     /// On an empty store, create the cluster with this node and the
     /// bootstrap members as voters. Set on exactly one node. Default false.
@@ -473,6 +479,7 @@ impl Config {
             field: "tls.key_file",
         })?;
         let admin_ca_file = file.tls.admin_ca_file.map(rel);
+        let issuer_key_file = file.tls.issuer_key_file.map(rel);
 
         let d = RaftTuning::default();
         let r = file.raft;
@@ -591,6 +598,7 @@ impl Config {
             cert_file,
             key_file,
             admin_ca_file,
+            issuer_key_file,
             raft,
             initialize: file.bootstrap.initialize.unwrap_or(false),
             bootstrap_members,
@@ -740,12 +748,14 @@ impl Config {
                 return Err(invalid(field, format!("cannot read {}: {e}", p.display())));
             }
         }
-        if let Some(p) = &self.admin_ca_file {
-            if let Err(e) = std::fs::metadata(p) {
-                return Err(invalid(
-                    "tls.admin_ca_file",
-                    format!("cannot read {}: {e}", p.display()),
-                ));
+        for (field, p) in [
+            ("tls.admin_ca_file", &self.admin_ca_file),
+            ("tls.issuer_key_file", &self.issuer_key_file),
+        ] {
+            if let Some(p) = p {
+                if let Err(e) = std::fs::metadata(p) {
+                    return Err(invalid(field, format!("cannot read {}: {e}", p.display())));
+                }
             }
         }
         Ok(())

@@ -101,6 +101,7 @@ impl LocalCluster {
                 cert_file: pki.join(format!("{}.pem", me.region)),
                 key_file: pki.join(format!("{}.key", me.region)),
                 admin_ca_file: None,
+                issuer_key_file: None,
                 raft: tuning.clone(),
                 initialize: i == 0,
                 bootstrap_members: members

@@ -177,6 +177,7 @@ pub async fn render(coord: &Coordinator) -> String {
     );
     render_health(coord, &mut reg);
     render_agents(coord, &mut reg);
+    render_rotation(coord, &mut reg);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out.clear();
@@ -377,5 +378,88 @@ fn render_agents(coord: &Coordinator, reg: &mut Registry) {
         "tern_agent_streams",
         "Open agent directive streams on this coordinator",
         AGENT_WATCHES.load(std::sync::atomic::Ordering::Relaxed),
+    );
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    kind: String,
+    region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RotationLabels {
+    kind: String,
+    owner: String,
+}
+
+/// Certificate expiry and pin rotations: this coordinator's own transport
+/// certificate (each coordinator reports its own), and every running
+/// rotation from the replicated state.
+fn render_rotation(coord: &Coordinator, reg: &mut Registry) {
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let not_after = coord.transport.not_after_unix();
+    let me = coord.config.node_id;
+    let (mine_running, running) = coord.read_state(|s| {
+        (
+            s.running_rotation(&tern_core::PinSubject::Transport(me))
+                .is_some(),
+            s.rotations()
+                .values()
+                .filter(|r| !r.phase().is_finished())
+                .map(|r| {
+                    let owner = match r.subject() {
+                        tern_core::PinSubject::Transport(n) => s
+                            .members()
+                            .get(n)
+                            .map(|m| m.region.to_string())
+                            .unwrap_or_else(|| format!("node:{n}")),
+                        tern_core::PinSubject::Federation(region) => region.to_string(),
+                    };
+                    (
+                        r.kind().as_str().to_string(),
+                        owner,
+                        !r.waiting_for().is_empty(),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+    });
+    let expiry: Family<CertLabels, Gauge> = Family::default();
+    let labels = CertLabels {
+        kind: "transport".into(),
+        region: coord.config.region.to_string(),
+    };
+    expiry.get_or_create(&labels).set(not_after - now_s);
+    reg.register(
+        "tern_cert_expiry_seconds",
+        "Seconds until the certificate of that kind presented by this coordinator expires",
+        expiry,
+    );
+    let alert: Family<CertLabels, Gauge> = Family::default();
+    let due = tern_core::expiry_alert(
+        tern_core::Millis(u64::try_from(now_s).unwrap_or(0).saturating_mul(1000)),
+        tern_core::Millis(u64::try_from(not_after).unwrap_or(0).saturating_mul(1000)),
+        mine_running,
+    );
+    alert.get_or_create(&labels).set(i64::from(due));
+    reg.register(
+        "tern_cert_expiry_alert",
+        "1 when the certificate expires within 14 days and no rotation of its pin is running",
+        alert,
+    );
+    let blocked: Family<RotationLabels, Gauge> = Family::default();
+    for (kind, owner, waiting) in running {
+        blocked
+            .get_or_create(&RotationLabels { kind, owner })
+            .set(i64::from(waiting));
+    }
+    reg.register(
+        "tern_rotation_blocked",
+        "1 while a running rotation waits for a confirmation or an approval (0 while it can advance)",
+        blocked,
     );
 }

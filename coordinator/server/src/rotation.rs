@@ -187,6 +187,7 @@ async fn watch_files(coord: &Coordinator) {
     let new = identity.thumbprint();
     let presented = coord.transport.thumbprint();
     if new == presented {
+        renew_when_due(coord, &identity);
         return;
     }
     let me = coord.config.node_id;
@@ -234,6 +235,59 @@ async fn watch_files(coord: &Coordinator) {
             "a rotation to {} could not start yet (see `tern rotate status`); retrying",
             new.short()
         ));
+    }
+}
+
+/// The files hold the certificate presented. At a jittered 70-90% of its
+/// lifetime, with the built-in issuer configured (`tls.issuer_key_file`)
+/// and nothing standing in the way (no region Unreachable, no handover or
+/// hand-back, no rotation running, automation not paused), issue a renewal
+/// into the files: the next pass proposes its rotation. Without an issuer,
+/// say once that the renewal is due (an external issuer renews the files).
+fn renew_when_due(coord: &Coordinator, current: &Identity) {
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    };
+    let due = tern_core::rotation_due_at(
+        tern_core::Millis(ms(current.not_before())),
+        tern_core::Millis(ms(current.not_after())),
+        tern_core::jitter_of(&current.thumbprint()),
+    );
+    let now = tern_core::Millis(ms(std::time::SystemTime::now()));
+    let blockers = coord.read_state(|s| s.rotation_blockers());
+    if let Err(why) = tern_core::may_start(now, due, &blockers) {
+        if !matches!(why, tern_core::WhyNot::NotDue { .. }) {
+            coord.transport.note(format!(
+                "certificate {} is due for renewal; waiting: {why}",
+                current.thumbprint().short()
+            ));
+        }
+        return;
+    }
+    let Some(issuer_key) = &coord.config.issuer_key_file else {
+        coord.transport.note(format!(
+            "certificate {} is due for renewal (70-90% of its lifetime) and no built-in \
+             issuer is configured: renew {} and {}",
+            current.thumbprint().short(),
+            coord.transport.files.cert.display(),
+            coord.transport.files.key.display()
+        ));
+        return;
+    };
+    let issued = crate::tls::DevCa::load(&coord.transport.files.ca, issuer_key)
+        .and_then(|ca| ca.renew_node(current, time::OffsetDateTime::now_utc()))
+        .and_then(|c| {
+            c.replace_files(&coord.transport.files.cert, &coord.transport.files.key)?;
+            Ok(c.thumbprint)
+        });
+    match issued {
+        Ok(t) => info!(target: "rotation", old = %current.thumbprint().short(), new = %t.short(),
+            "renewed the transport certificate with the built-in issuer"),
+        Err(e) => coord.transport.note(format!(
+            "the built-in issuer could not renew the certificate: {e}"
+        )),
     }
 }
 

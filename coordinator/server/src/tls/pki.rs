@@ -192,6 +192,67 @@ impl DevCa {
         self.sign(params, "node certificate")
     }
 
+    /// A renewal of a coordinator certificate: same common name and SANs
+    /// as `current`'s leaf, the same lifetime, backdated by an hour (or a
+    /// twentieth of a shorter lifetime) for clock skew, with a new key. The built-in issuer of pin
+    /// rotation.
+    pub fn renew_node(
+        &self,
+        current: &super::Identity,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, TlsError> {
+        let what = "renewed node certificate";
+        let leaf = current.chain().first().ok_or(TlsError::Generate {
+            what,
+            detail: "the current certificate has no leaf".into(),
+        })?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::Generate {
+                what,
+                detail: format!("the current certificate does not parse: {e}"),
+            })?;
+        let name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let mut dns = Vec::new();
+        let mut ips = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for n in &san.value.general_names {
+                match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => dns.push(d.to_string()),
+                    x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                        4 => ips.push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())),
+                        16 => ips.push(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())),
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+        }
+        let life = current
+            .not_after()
+            .duration_since(current.not_before())
+            .unwrap_or(Duration::from_secs(90 * 86_400));
+        // Backdated for clock skew: an hour, or a twentieth of a short
+        // lifetime.
+        let skew = (life / 20).min(Duration::from_secs(3600));
+        let not_before = now
+            - time::Duration::try_from(skew).map_err(|e| TlsError::Generate {
+                what,
+                detail: format!("skew: {e}"),
+            })?;
+        let not_after = not_before
+            + time::Duration::try_from(life).map_err(|e| TlsError::Generate {
+                what,
+                detail: format!("lifetime: {e}"),
+            })?;
+        self.issue_node(&name, &dns, &ips, not_before, not_after)
+    }
+
     /// An admin client certificate: CN `name`, URI SAN
     /// `urn:tern:admin:<name>`, EKU clientAuth, KU digitalSignature, not a
     /// CA. `name` must match `[a-zA-Z0-9._-]{1,64}`.
@@ -251,6 +312,20 @@ impl IssuedCert {
         fs::create_dir_all(dir).map_err(|e| TlsError::write("directory", dir, e))?;
         write_public(&dir.join(format!("{name}.pem")), &self.cert_pem)?;
         write_secret(&dir.join(format!("{name}.key")), &self.key_pem)
+    }
+}
+
+impl IssuedCert {
+    /// Replaces the files at `cert` and `key`: the key first (mode 0600),
+    /// each written beside its target and renamed over it, so a reader
+    /// never sees half a file.
+    pub fn replace_files(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let tmp_key = key.with_extension("key.tmp");
+        write_secret(&tmp_key, &self.key_pem)?;
+        fs::rename(&tmp_key, key).map_err(|e| TlsError::write("private key", key, e))?;
+        let tmp_cert = cert.with_extension("pem.tmp");
+        write_public(&tmp_cert, &self.cert_pem)?;
+        fs::rename(&tmp_cert, cert).map_err(|e| TlsError::write("certificate", cert, e))
     }
 }
 
