@@ -205,8 +205,27 @@ pub enum NotesCmd {
     },
 }
 
+/// A reader that went away (`tern status | head`) ends the command
+/// quietly, as it would for any Unix tool, instead of with a panic message.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 /// Runs the parsed command line. Returns the process exit code.
 pub fn main() -> i32 {
+    exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
