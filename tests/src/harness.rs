@@ -150,6 +150,22 @@ impl Harness {
         out
     }
 
+    /// Runs one test body under a new harness named `name`, prints its
+    /// wall time tagged `[suite]`, and fails the test (with the harness's
+    /// failure report) when the body returns an error.
+    pub fn run(suite: &str, name: &str, body: impl FnOnce(&Harness) -> anyhow::Result<()>) {
+        let h = Harness::new(name);
+        let started = std::time::Instant::now();
+        let outcome = body(&h);
+        eprintln!(
+            "[{suite}] {name}: wall time {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        if let Err(e) = h.conclude(outcome) {
+            panic!("test failed: {e:?}");
+        }
+    }
+
     /// For tests returning `Result`: on `Err`, prints the failure report
     /// and keeps the dir (as a panic would); returns `outcome` unchanged.
     pub fn conclude<T>(&self, outcome: anyhow::Result<T>) -> anyhow::Result<T> {

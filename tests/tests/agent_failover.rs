@@ -33,14 +33,7 @@ fn handover_status(fed: &Federation, j: usize) -> anyhow::Result<serde_json::Val
 }
 
 fn run(name: &str, body: impl FnOnce(&Harness) -> anyhow::Result<()>) {
-    let h = Harness::new(name);
-    let started = Instant::now();
-    let outcome = body(&h);
-    eprintln!(
-        "[agent_failover] {name}: wall time {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    h.conclude(outcome).expect("test failed");
+    Harness::run("agent_failover", name, body)
 }
 
 /// Properties:

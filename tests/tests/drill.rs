@@ -10,7 +10,7 @@
 mod support;
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use serde_json::Value;
@@ -31,14 +31,7 @@ const SEEN_WITHIN_MS: u64 = 3_000;
 const AGENTS: usize = 40;
 
 fn run(name: &str, body: impl FnOnce(&Harness) -> anyhow::Result<()>) {
-    let h = Harness::new(name);
-    let started = Instant::now();
-    let outcome = body(&h);
-    eprintln!(
-        "[drill] {name}: wall time {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    h.conclude(outcome).expect("test failed");
+    Harness::run("drill", name, body)
 }
 
 /// One step of the drill's JSON report, made absolute (Unix ms).
@@ -143,6 +136,31 @@ fn last_attached(fleet: &Fleet, action: &str, from: u64, to: u64) -> anyhow::Res
             )
         },
     )
+}
+
+/// The agent steps against the agents' own events: `agents_attached` no
+/// earlier than the last attachment elsewhere and `agents_home` no earlier
+/// than the last attachment at home (each within SEEN_WITHIN_MS), every
+/// agent of the fleet having both in `[start, end]`; and the recorded
+/// audit entry matches the report. Returns (last away, last home), Unix ms.
+fn check_agent_steps(
+    fleet: &Fleet,
+    steps: &[Step],
+    report: &Value,
+    audit: &[AuditRecord],
+) -> anyhow::Result<(u64, u64)> {
+    let start = report["started_at_ms"].as_u64().unwrap_or(0);
+    let end = start + report["total_ms"].as_u64().unwrap_or(0);
+    let away_at = last_attached(fleet, "redirect", start, end)?;
+    seen_after(
+        "agents_attached",
+        step(steps, "agents_attached").at,
+        away_at,
+    )?;
+    let home_at = last_attached(fleet, "return_home", start, end)?;
+    seen_after("agents_home", step(steps, "agents_home").at, home_at)?;
+    check_recorded(audit, report)?;
+    Ok((away_at, home_at))
 }
 
 /// The drill's audit record: the same steps as it printed, by an admin.
@@ -303,15 +321,7 @@ fn drill_times_every_step_against_observed_events() {
             step(&steps, "restore").at,
             modes[1].at_ms,
         )?;
-        let away_at = last_attached(&fleet, "redirect", start, end)?;
-        seen_after(
-            "agents_attached",
-            step(&steps, "agents_attached").at,
-            away_at,
-        )?;
-        let home_at = last_attached(&fleet, "return_home", start, end)?;
-        seen_after("agents_home", step(&steps, "agents_home").at, home_at)?;
-        check_recorded(&audit, &report)?;
+        let (away_at, home_at) = check_agent_steps(&fleet, &steps, &report, &audit)?;
         eprintln!(
             "[drill] by drain: attached elsewhere +{} ms, home +{} ms",
             away_at - start,
@@ -355,15 +365,7 @@ fn drill_times_every_step_against_observed_events() {
             step(&steps, "decision").at - start >= DOWN_AFTER_MS,
             "an outage cannot be decided before down_after"
         );
-        let away_at = last_attached(&fleet, "redirect", start, end)?;
-        seen_after(
-            "agents_attached",
-            step(&steps, "agents_attached").at,
-            away_at,
-        )?;
-        let home_at = last_attached(&fleet, "return_home", start, end)?;
-        seen_after("agents_home", step(&steps, "agents_home").at, home_at)?;
-        check_recorded(&audit, &report)?;
+        check_agent_steps(&fleet, &steps, &report, &audit)?;
         // The stand-in is back up and the region healthy after the drill.
         let regions = fed.regions()?;
         let v = regions

@@ -23,16 +23,8 @@ use tern_tests::{wait_until, Check, Harness};
 /// machine, other test processes in parallel).
 const SETTLE: Duration = Duration::from_secs(90);
 
-/// Runs one test body under a harness and prints its wall time.
 fn run(name: &str, body: impl FnOnce(&Harness) -> anyhow::Result<()>) {
-    let h = Harness::new(name);
-    let started = Instant::now();
-    let outcome = body(&h);
-    eprintln!(
-        "[region_health] {name}: wall time {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    h.conclude(outcome).expect("test failed");
+    Harness::run("region_health", name, body)
 }
 
 /// The window a fault is held for in the "no false failover" tests:

@@ -18,14 +18,18 @@ use support::{read, Admin};
 use tern_tests::{wait_until, Check, Harness};
 
 fn run(name: &str, body: impl FnOnce(&Harness) -> anyhow::Result<()>) {
-    let h = Harness::new(name);
-    let started = Instant::now();
-    let outcome = body(&h);
-    eprintln!(
-        "[rotation] {name}: wall time {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    h.conclude(outcome).expect("test failed");
+    Harness::run("rotation", name, body)
+}
+
+/// Three regions, coordinators dialing each other directly.
+fn federation(h: &Harness) -> anyhow::Result<Federation<'_>> {
+    Federation::start(
+        h,
+        FederationConfig {
+            relays: false,
+            ..FederationConfig::default()
+        },
+    )
 }
 
 fn short(t: &str) -> &str {
@@ -49,6 +53,29 @@ fn rotation_of(fed: &Federation, i: usize, subject: &str) -> anyhow::Result<Opti
     Ok(s["rotations"]
         .as_array()
         .and_then(|a| a.iter().find(|r| r["subject"] == subject).cloned()))
+}
+
+/// Waits until the newest rotation of `subject`, as coordinator `i` shows
+/// it, is in `phase` and waits for nobody.
+fn wait_unblocked(
+    fed: &Federation,
+    i: usize,
+    subject: &str,
+    phase: &str,
+    what: &str,
+) -> anyhow::Result<Value> {
+    wait_until(
+        what,
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || match rotation_of(fed, i, subject) {
+            Ok(Some(r)) if r["phase"] == phase && r["waiting_for"] == serde_json::json!([]) => {
+                Check::Ready(r)
+            }
+            Ok(r) => Check::pending(format!("{r:?}")),
+            Err(e) => Check::pending(format!("{e:#}")),
+        },
+    )
 }
 
 /// Waits until the newest rotation of `subject` is in `phase`.
@@ -190,13 +217,7 @@ fn leader_rotation_under_writes_refuses_nothing_until_the_old_cert_is_tried() {
     run(
         "leader_rotation_under_writes_refuses_nothing_until_the_old_cert_is_tried",
         |h| {
-            let fed = Federation::start(
-                h,
-                FederationConfig {
-                    relays: false,
-                    ..FederationConfig::default()
-                },
-            )?;
+            let fed = federation(h)?;
             let l = fed.leader()?;
             let region = fed.region(l);
             let subject = format!("transport:{}", l + 1);
@@ -325,13 +346,7 @@ fn leader_rotation_under_writes_refuses_nothing_until_the_old_cert_is_tried() {
 #[test]
 fn four_eyes_exclusion_and_rollback() {
     run("four_eyes_exclusion_and_rollback", |h| {
-        let fed = Federation::start(
-            h,
-            FederationConfig {
-                relays: false,
-                ..FederationConfig::default()
-            },
-        )?;
+        let fed = federation(h)?;
         fed.pki.admin("second", &[])?;
         let second = Admin::new(&fed.pki, "second");
         let l = fed.leader()?;
@@ -427,34 +442,20 @@ fn four_eyes_exclusion_and_rollback() {
         )?;
         // Roll back half-way.
         admin(&["rotate", "rollback", &id])?;
-        wait_until(
+        wait_unblocked(
+            &fed,
+            l,
+            &subject,
+            "reverting",
             "the owner to present its old certificate again",
-            Duration::from_secs(30),
-            Duration::from_millis(250),
-            || match rotation_of(&fed, l, &subject) {
-                Ok(Some(r))
-                    if r["phase"] == "reverting" && r["waiting_for"] == serde_json::json!([]) =>
-                {
-                    Check::Ready(())
-                }
-                Ok(r) => Check::pending(format!("{r:?}")),
-                Err(e) => Check::pending(format!("{e:#}")),
-            },
         )?;
         admin(&["rotate", "advance", &id, "--phase", "reverting"])?;
-        wait_until(
+        wait_unblocked(
+            &fed,
+            l,
+            &subject,
+            "withdrawing",
             "the peers to drop the new pin",
-            Duration::from_secs(30),
-            Duration::from_millis(250),
-            || match rotation_of(&fed, l, &subject) {
-                Ok(Some(r))
-                    if r["phase"] == "withdrawing" && r["waiting_for"] == serde_json::json!([]) =>
-                {
-                    Check::Ready(())
-                }
-                Ok(r) => Check::pending(format!("{r:?}")),
-                Err(e) => Check::pending(format!("{e:#}")),
-            },
         )?;
         admin(&["rotate", "advance", &id, "--phase", "withdrawing"])?;
         let done = wait_phase(&fed, l, &subject, "rolled_back", Duration::from_secs(10))?;
@@ -498,13 +499,7 @@ fn built_in_issuer_renews_a_due_certificate_and_rotates_it() {
     run(
         "built_in_issuer_renews_a_due_certificate_and_rotates_it",
         |h| {
-            let fed = Federation::start(
-                h,
-                FederationConfig {
-                    relays: false,
-                    ..FederationConfig::default()
-                },
-            )?;
+            let fed = federation(h)?;
             let l = fed.leader()?;
             let i = (l + 1) % fed.len();
             let region = fed.region(i);

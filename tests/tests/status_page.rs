@@ -200,14 +200,11 @@ fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String, String)> {
 // the test short.
 #[test]
 fn status_page_follows_an_outage_without_reload() {
-    let h = Harness::new("status_page_follows_an_outage_without_reload");
-    let started = Instant::now();
-    let outcome = body(&h);
-    eprintln!(
-        "[status_page] wall time {:.1}s",
-        started.elapsed().as_secs_f64()
+    Harness::run(
+        "status_page",
+        "status_page_follows_an_outage_without_reload",
+        body,
     );
-    h.conclude(outcome).expect("test failed");
 }
 
 fn body(h: &Harness) -> anyhow::Result<()> {

@@ -316,6 +316,18 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order of the module doc's table.
+    pub const ALL: [Phase; 8] = [
+        Phase::PendingApproval,
+        Phase::Staged,
+        Phase::Presenting,
+        Phase::Retiring,
+        Phase::Completed,
+        Phase::Reverting,
+        Phase::Withdrawing,
+        Phase::RolledBack,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Phase::PendingApproval => "pending_approval",

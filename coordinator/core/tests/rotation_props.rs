@@ -31,16 +31,7 @@ const PROPOSERS: [&str; 3] = ["alice", "bob", "tern"];
 /// An administrator who never proposes: used to finish a case.
 const CLOSER: &str = "carol";
 
-const PHASES: [Phase; 8] = [
-    Phase::PendingApproval,
-    Phase::Staged,
-    Phase::Presenting,
-    Phase::Retiring,
-    Phase::Completed,
-    Phase::Reverting,
-    Phase::Withdrawing,
-    Phase::RolledBack,
-];
+const PHASES: [Phase; 8] = Phase::ALL;
 
 #[derive(Debug, Clone)]
 enum Op {

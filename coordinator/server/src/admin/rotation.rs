@@ -15,16 +15,7 @@ use crate::error::ApiError;
 use crate::node::Coordinator;
 use crate::ops::AdminOp;
 
-const PHASES: [Phase; 8] = [
-    Phase::PendingApproval,
-    Phase::Staged,
-    Phase::Presenting,
-    Phase::Retiring,
-    Phase::Completed,
-    Phase::Reverting,
-    Phase::Withdrawing,
-    Phase::RolledBack,
-];
+const PHASES: [Phase; 8] = Phase::ALL;
 
 fn phase(s: &str) -> Result<Phase, ApiError> {
     PHASES

@@ -544,16 +544,7 @@ fn responses_carry_the_security_headers() {
 #[test]
 fn rotation_phases_follow_the_core() {
     use tern_core::Phase;
-    for p in [
-        Phase::PendingApproval,
-        Phase::Staged,
-        Phase::Presenting,
-        Phase::Retiring,
-        Phase::Completed,
-        Phase::Reverting,
-        Phase::Withdrawing,
-        Phase::RolledBack,
-    ] {
+    for p in Phase::ALL {
         assert_eq!(
             phase_finished(p.as_str()),
             p.is_finished(),
