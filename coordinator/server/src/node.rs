@@ -404,6 +404,7 @@ pub async fn run(
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let state = sm_store.state();
     let applied = sm_store.applied();
+    let changes = sm_store.changes();
 
     let files = TlsFiles {
         ca: config.ca_file.clone(),
@@ -457,6 +458,7 @@ pub async fn run(
         agent_trust: tls_server.agent_trust().clone(),
         transport: crate::rotation::Transport::new(tls_server.clone(), files.clone(), identity),
     });
+    crate::agents::watchers::spawn(coord.agents.watchers.clone(), changes);
     coord.refresh_pins();
     coord.refresh_agent_trust();
     let probe_ca = config

@@ -21,6 +21,7 @@ mod key;
 mod loops;
 pub(crate) mod service;
 mod tokens;
+pub mod watchers;
 
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ const MAX_BATCH: usize = 5_000;
 
 /// The agent machinery of one coordinator.
 pub struct AgentHub {
+    /// Wake-up counters of the open directive streams.
+    pub watchers: std::sync::Arc<watchers::Watchers>,
     registrations: Batcher<AgentRegistration>,
     reports: Batcher<AgentReport>,
     pub(crate) key: SigningKey,
@@ -54,6 +57,7 @@ impl AgentHub {
     /// with [`spawn`].
     pub fn new(key: SigningKey) -> AgentHub {
         AgentHub {
+            watchers: std::sync::Arc::default(),
             registrations: Batcher::new(),
             reports: Batcher::new(),
             key,

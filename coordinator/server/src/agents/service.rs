@@ -193,7 +193,9 @@ impl Agent for AgentService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         crate::metrics::agent_watch_opened();
         tokio::spawn(async move {
-            let mut applied = coord.applied.clone();
+            // Woken when an applied entry changed this agent's row or
+            // anything shared (see `watchers`), not on every entry.
+            let mut wake = coord.agents.watchers.subscribe(&agent_id);
             // What the last directive sent was made from: the core's
             // directive and the target's endpoints. Applied entries that
             // change none of it (most of them: other agents' reports) cost
@@ -239,10 +241,12 @@ impl Agent for AgentService {
                     }
                 }
                 tokio::select! {
-                    changed = applied.changed() => if changed.is_err() { break },
+                    alive = wake.changed() => if !alive { break },
                     _ = tx.closed() => break,
                 }
             }
+            drop(wake);
+            coord.agents.watchers.release(&agent_id);
             crate::metrics::agent_watch_closed();
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use log::{LogStore, READ_BATCH_BYTES, READ_BATCH_ENTRIES};
-pub use state_machine::StateMachineStore;
+pub use state_machine::{Changes, StateMachineStore};
 
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "tern.db";

@@ -17,7 +17,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotId, StorageIOError};
 use sqlx::{Connection, SqliteConnection};
 use tern_core::{BatchResponse, ReplicatedState};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::codec::{
     self, read_meta, write_meta, CodecError, MetaTable, KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP,
@@ -44,6 +44,8 @@ struct Shared {
     /// `state`'s read lock sees pointers that match the state.
     pointers: Mutex<Pointers>,
     applied_tx: watch::Sender<Option<LogId>>,
+    /// What each apply changed (sent after `applied_tx`).
+    changes_tx: broadcast::Sender<Arc<Changes>>,
     /// Makes snapshot ids unique within this process.
     snapshot_seq: AtomicU64,
     /// Set when the in-memory state may be ahead of the file (a failed
@@ -56,6 +58,38 @@ struct Shared {
 struct Pointers {
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
+}
+
+/// Tables whose rows an agent's directive is not built from (beyond the
+/// agent's own row): a change confined to these and to agent rows wakes
+/// only the changed agents' streams.
+const NOT_SHARED: [&str; 6] = ["agent", "audit", "request", "meta", "note", "rotation"];
+
+/// Capacity of the change notices; a receiver that falls further behind is
+/// told it lagged (and then wakes everyone).
+const CHANGES_CAPACITY: usize = 1024;
+
+/// What one apply (or snapshot install) changed, for waking the streams
+/// that depend on it: the agents whose rows changed, or `everything`
+/// when a shared row changed or the whole state was replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub agents: Vec<String>,
+    pub everything: bool,
+}
+
+impl Changes {
+    fn of(rows: &[RowChange]) -> Changes {
+        let mut c = Changes::default();
+        for (table, key, _) in rows {
+            if *table == "agent" {
+                c.agents.push(key.clone());
+            } else if !NOT_SHARED.contains(table) {
+                c.everything = true;
+            }
+        }
+        c
+    }
 }
 
 /// One persisted row change: `(table, key, new value or delete)`.
@@ -116,6 +150,7 @@ impl StateMachineStore {
         }
 
         let (applied_tx, _) = watch::channel(last_applied);
+        let (changes_tx, _) = broadcast::channel(CHANGES_CAPACITY);
         Ok(StateMachineStore {
             inner: Arc::new(Shared {
                 db,
@@ -125,6 +160,7 @@ impl StateMachineStore {
                     last_membership,
                 }),
                 applied_tx,
+                changes_tx,
                 snapshot_seq: AtomicU64::new(0),
                 failed: AtomicBool::new(false),
             }),
@@ -145,6 +181,11 @@ impl StateMachineStore {
     /// Last applied log id, updated after every apply / snapshot install.
     pub fn applied(&self) -> watch::Receiver<Option<LogId>> {
         self.inner.applied_tx.subscribe()
+    }
+
+    /// What each apply changed, from now on (see [`Changes`]).
+    pub fn changes(&self) -> broadcast::Receiver<Arc<Changes>> {
+        self.inner.changes_tx.subscribe()
     }
 
     fn check_healthy(&self) -> Result<(), SmError> {
@@ -431,6 +472,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Err(StorageIOError::apply(last, &e).into());
         }
         self.inner.applied_tx.send_replace(ptr.last_applied);
+        // No receiver (no agent service yet) is fine.
+        let _ = self.inner.changes_tx.send(Arc::new(Changes::of(&rows)));
         Ok(responses)
     }
 
@@ -488,6 +531,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // The state on disk is whole again: a failure before is superseded.
         self.inner.failed.store(false, Ordering::Release);
         self.inner.applied_tx.send_replace(applied);
+        let _ = self.inner.changes_tx.send(Arc::new(Changes {
+            agents: Vec::new(),
+            everything: true,
+        }));
         tracing::info!(snapshot = %meta, "installed snapshot");
         Ok(())
     }
