@@ -118,6 +118,12 @@ pub enum Command {
         pin_kind: PinKind,
         policy: ApprovalPolicy,
     },
+    /// A region's coordinator publishes the public federation client
+    /// certificate (one PEM `CERTIFICATE` block) of its control plane. The
+    /// first one published becomes the region's federation pin; a later one
+    /// is kept for the rotation that pins it. Bumps the epoch when it sets
+    /// the first pin.
+    PublishFederationCert { region: RegionName, pem: String },
 }
 
 /// An operator's override of a region.
@@ -192,6 +198,7 @@ impl Command {
             Command::RecordDrill { .. } => "record_drill",
             Command::Rotate { .. } => "rotate",
             Command::SetRotationPolicy { .. } => "set_rotation_policy",
+            Command::PublishFederationCert { .. } => "publish_federation_cert",
         }
     }
 
@@ -270,6 +277,15 @@ impl Command {
             Command::SetRegionMode { .. } => Ok(()),
             Command::RecordDrill { drill } => drill.validate(),
             Command::Rotate { .. } | Command::SetRotationPolicy { .. } => Ok(()),
+            Command::PublishFederationCert { pem, .. } => {
+                if pem.is_empty() || pem.len() > crate::state::MAX_FEDERATION_CERT_PEM {
+                    return Err(format!(
+                        "a federation certificate PEM holds 1 to {} bytes",
+                        crate::state::MAX_FEDERATION_CERT_PEM
+                    ));
+                }
+                Ok(())
+            }
             Command::HandBack { agents, .. } => {
                 if agents.is_empty() || agents.len() > 10_000 {
                     return Err("a hand-back wave holds 1 to 10000 agents".into());

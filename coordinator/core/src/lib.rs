@@ -51,9 +51,10 @@ pub use rotation::{
     DUE_FROM_PERCENT, EXPIRY_ALERT_MS,
 };
 pub use state::{
-    AgentDirective, AgentEntry, DirectiveAction, Meta, NoteRecord, Placement, RegionInfo,
-    ReplicatedState, RequestRecord, RotateOp, RowKey, StagedBatch, StagedRef, StateError,
-    TrustBundle, AUDIT_KEEP, FINISHED_ROTATIONS_KEPT, REQUEST_KEEP_MAX, REQUEST_KEEP_MS,
+    certificate_thumbprint, AgentDirective, AgentEntry, DirectiveAction, FederationPins, Meta,
+    NoteRecord, Placement, RegionInfo, ReplicatedState, RequestRecord, RotateOp, RowKey,
+    StagedBatch, StagedRef, StateError, TrustBundle, AUDIT_KEEP, FINISHED_ROTATIONS_KEPT,
+    MAX_FEDERATION_CERT_PEM, REQUEST_KEEP_MAX, REQUEST_KEEP_MS,
 };
 pub use time::Millis;
 pub use what_if::{no_standby_reason, plan_if_failed, TargetLoad, WhatIf, WhatIfAgent};

@@ -7,6 +7,7 @@
 //! each apply, `take_dirty()` names the rows to rewrite, and `row_value()`
 //! gives each row's new value (or `None`: delete it).
 
+mod federation;
 mod fleet;
 mod rotations;
 
@@ -23,6 +24,7 @@ use crate::member::Member;
 use crate::member::MemberRole;
 use crate::rotation::{ApprovalPolicy, PinSubject, Rotation};
 use crate::time::Millis;
+pub use federation::{certificate_thumbprint, FederationPins, MAX_FEDERATION_CERT_PEM};
 pub use fleet::{AgentDirective, DirectiveAction, RegionInfo, StagedBatch, StagedRef};
 pub use rotations::{RotateOp, FINISHED_ROTATIONS_KEPT};
 
@@ -139,6 +141,7 @@ pub enum RowKey {
     RegionInfo(RegionName),
     Staged(RegionName, u64),
     Rotation(u64),
+    Federation(RegionName),
 }
 
 impl RowKey {
@@ -155,6 +158,7 @@ impl RowKey {
             RowKey::RegionInfo(_) => "region_info",
             RowKey::Staged(..) => "staged",
             RowKey::Rotation(_) => "rotation",
+            RowKey::Federation(_) => "federation",
         }
     }
 
@@ -171,6 +175,7 @@ impl RowKey {
             RowKey::RegionInfo(r) => r.to_string(),
             RowKey::Staged(r, id) => format!("{r}/{id:020}"),
             RowKey::Rotation(id) => format!("{id:020}"),
+            RowKey::Federation(r) => r.to_string(),
         }
     }
 }
@@ -212,6 +217,9 @@ pub struct ReplicatedState {
     /// Pin rotations by id: running ones and the newest finished ones.
     #[serde(default)]
     rotations: BTreeMap<u64, Rotation>,
+    /// Federation pins and certificates by region.
+    #[serde(default)]
+    federation: BTreeMap<RegionName, FederationPins>,
     /// Derived from `requests`: expiry order.
     #[serde(skip)]
     request_order: BTreeSet<(Millis, RequestId)>,
@@ -576,6 +584,9 @@ impl ReplicatedState {
             }
             Command::HandBack { region, agents } => self.hand_back(region, agents),
             Command::Rotate { op } => self.rotate(log_index, at, &p.actor, op),
+            Command::PublishFederationCert { region, pem } => {
+                self.publish_federation_cert(&p.actor, region, pem)
+            }
             Command::SetRotationPolicy { pin_kind, policy } => {
                 self.set_rotation_policy(*pin_kind, *policy)
             }
@@ -667,6 +678,7 @@ impl ReplicatedState {
             RowKey::RegionInfo(r) => serde_json::to_string(self.region_info.get(r)?),
             RowKey::Staged(r, id) => serde_json::to_string(self.staged.get(r)?.get(id)?),
             RowKey::Rotation(id) => serde_json::to_string(self.rotations.get(id)?),
+            RowKey::Federation(r) => serde_json::to_string(self.federation.get(r)?),
         };
         v.ok()
     }
@@ -694,6 +706,11 @@ impl ReplicatedState {
             keys.extend(batches.keys().map(|id| RowKey::Staged(r.clone(), *id)));
         }
         keys.extend(self.rotations.keys().map(|id| RowKey::Rotation(*id)));
+        keys.extend(
+            self.federation
+                .keys()
+                .map(|r| RowKey::Federation(r.clone())),
+        );
         keys.into_iter()
             .filter_map(|k| self.row_value(&k).map(|v| (k, v)))
             .collect()
@@ -773,6 +790,14 @@ impl ReplicatedState {
                 "rotation" => {
                     let r: Rotation = parse(&t, &k, &v)?;
                     s.rotations.insert(r.id(), r);
+                }
+                "federation" => {
+                    let name: RegionName = k.parse().map_err(|e| StateError::Row {
+                        table: t.clone(),
+                        key: k.clone(),
+                        source: serde::de::Error::custom(e),
+                    })?;
+                    s.federation.insert(name, parse(&t, &k, &v)?);
                 }
                 _ => return Err(StateError::UnknownTable(t)),
             }

@@ -74,6 +74,8 @@ pub struct FileConfig {
     pub agents: FileAgents,
     #[serde(default)]
     pub http: FileHttp,
+    #[serde(default)]
+    pub federation: FileFederation,
     /// Dial these coordinators at another address than the member table's
     /// (split-horizon networks, relays): node id -> host:port.
     #[serde(default)]
@@ -107,6 +109,15 @@ pub struct FileAgents {
     pub token_ttl_ms: Option<u64>,
     pub handback_wave_size: Option<usize>,
     pub handback_wave_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFederation {
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub secret_file: Option<PathBuf>,
+    pub pins_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -340,6 +351,43 @@ pub struct Config {
     /// What the plain HTTP listener serves besides health and metrics
     /// (`[http]`).
     pub http: HttpConfig,
+    /// Federation pins (`[federation]`).
+    pub federation: FederationConfig,
+}
+
+/// The `[federation]` section: this region's federation client certificate
+/// (whose pin the other regions hold) and where the other regions' pins
+/// are written.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FederationConfig {
+    /// The federation client certificate (PEM, leaf first) of this
+    /// region's control plane, as mounted for it. When it holds another
+    /// certificate, this region's federation pin rotates to it. Default:
+    /// none (this region publishes no federation pin and rotates none).
+    pub client_cert_file: Option<PathBuf>,
+    /// Its private key (PEM). Required with `client_cert_file`; used only
+    /// to ping peers with that certificate.
+    pub client_key_file: Option<PathBuf>,
+    /// This region's outbound federation secret (hex), presented in
+    /// `X-Federation-Secret` when pinging peers to confirm a link during a
+    /// rotation. Required with `client_cert_file`. Never logged.
+    pub secret_file: Option<PathBuf>,
+    /// Where the other regions' committed federation pins are written:
+    /// `<region>.pem` (PEM bundle of the pinned certificates) and
+    /// `<region>.thumbprints` (one SHA-256 hex per line). Default
+    /// `<data_dir>/federation-pins`.
+    pub pins_dir: PathBuf,
+}
+
+impl std::fmt::Debug for FederationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FederationConfig")
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
+            .field("secret_file", &self.secret_file)
+            .field("pins_dir", &self.pins_dir)
+            .finish()
+    }
 }
 
 /// The `[http]` section.
@@ -585,6 +633,16 @@ impl Config {
                 .status_page
                 .unwrap_or(HttpConfig::default().status_page),
         };
+        let federation = FederationConfig {
+            client_cert_file: file.federation.client_cert_file.map(rel),
+            client_key_file: file.federation.client_key_file.map(rel),
+            secret_file: file.federation.secret_file.map(rel),
+            pins_dir: file
+                .federation
+                .pins_dir
+                .map(rel)
+                .unwrap_or_else(|| data_dir.join("federation-pins")),
+        };
         let cfg = Config {
             node_id,
             region,
@@ -608,6 +666,7 @@ impl Config {
             dial_overrides,
             agents,
             http,
+            federation,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -757,6 +816,38 @@ impl Config {
                     return Err(invalid(field, format!("cannot read {}: {e}", p.display())));
                 }
             }
+        }
+        self.validate_federation()
+    }
+
+    fn validate_federation(&self) -> Result<(), ConfigError> {
+        let f = &self.federation;
+        let given = [
+            ("federation.client_cert_file", &f.client_cert_file),
+            ("federation.client_key_file", &f.client_key_file),
+            ("federation.secret_file", &f.secret_file),
+        ];
+        if given.iter().any(|(_, p)| p.is_some()) {
+            if self.role == MemberRole::Witness {
+                return Err(invalid(
+                    "federation.client_cert_file",
+                    "a witness has no control plane and no federation certificate",
+                ));
+            }
+            for (field, p) in given {
+                let Some(p) = p else {
+                    return Err(invalid(
+                        field,
+                        "client_cert_file, client_key_file and secret_file go together",
+                    ));
+                };
+                if let Err(e) = std::fs::metadata(p) {
+                    return Err(invalid(field, format!("cannot read {}: {e}", p.display())));
+                }
+            }
+        }
+        if f.pins_dir.as_os_str().is_empty() {
+            return Err(invalid("federation.pins_dir", "must not be empty"));
         }
         Ok(())
     }

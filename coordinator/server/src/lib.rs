@@ -11,6 +11,7 @@ pub mod agents;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod federation;
 pub mod grpc;
 pub mod health;
 pub mod http;

@@ -115,6 +115,12 @@ impl LocalCluster {
                 dial_overrides: Default::default(),
                 agents: Default::default(),
                 http: Default::default(),
+                federation: crate::config::FederationConfig {
+                    client_cert_file: None,
+                    client_key_file: None,
+                    secret_file: None,
+                    pins_dir: dir.join(me.region.as_str()).join("federation-pins"),
+                },
             };
             nodes.push(LocalNode::spawn(config, grpc, http)?);
         }

@@ -477,6 +477,7 @@ pub async fn run(
         ),
         None => None,
     };
+    crate::federation::spawn(coord.clone(), region_client.clone());
     crate::agents::spawn(coord.clone(), region_client);
     info!(parent: &span, thumbprint = %thumbprint.short(), grpc = %grpc_addr, http = %http_addr, advertise = %advertise, "coordinator starting");
 

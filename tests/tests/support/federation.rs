@@ -64,6 +64,27 @@ pub struct FederationConfig {
     /// Extra TOML appended to every coordinator's configuration (e.g. an
     /// `[agents]` section). Empty.
     pub extra_config: String,
+    /// Federation pins: each region gets a federation client certificate
+    /// (`<region>-fed` in the PKI) and an outbound secret; each stand-in
+    /// pins the other regions' certificates and secret hashes
+    /// (`[[federation.peers]]`), and each coordinator has a `[federation]`
+    /// table. False.
+    pub federation_pins: bool,
+}
+
+/// One region's federation client identity (with `federation_pins`).
+#[derive(Debug, Clone)]
+pub struct FedIdentity {
+    /// PKI name of the certificate files the coordinator watches.
+    pub name: String,
+    /// Thumbprint of the certificate issued first.
+    pub thumbprint: String,
+    /// The outbound secret, hex.
+    pub secret_hex: String,
+    /// File holding `secret_hex`.
+    pub secret_file: PathBuf,
+    /// The coordinator's `federation.pins_dir`.
+    pub pins_dir: PathBuf,
 }
 
 impl Default for FederationConfig {
@@ -76,6 +97,7 @@ impl Default for FederationConfig {
             up_after_ms: None,
             relays: true,
             extra_config: String::new(),
+            federation_pins: false,
         }
     }
 }
@@ -285,6 +307,9 @@ pub struct Federation<'h> {
     pub nodes: Vec<Node>,
     /// Stand-ins; index `j` plays region `REGION_NAMES[j]`.
     pub planes: Vec<StandIn>,
+    /// Federation identities by region index (empty without
+    /// `federation_pins`).
+    pub fed: Vec<FedIdentity>,
     /// `(i, j)`: node `i` dials node `j` through it.
     coord_links: BTreeMap<(usize, usize), Relay>,
     /// `(i, j)`: node `i` probes region `j`'s stand-in through it.
@@ -326,6 +351,45 @@ impl<'h> Federation<'h> {
             }
         }
 
+        // Federation identities, and every stand-in's peer entries.
+        let mut fed_ids = Vec::new();
+        if config.federation_pins {
+            for (j, region) in REGION_NAMES.iter().take(n).enumerate() {
+                let name = format!("{region}-fed");
+                let thumbprint = pki.node(&name, plane_ips[j], &[])?;
+                let secret: [u8; 32] = rand::random();
+                let secret_hex = hex::encode(secret);
+                let secret_file = h.path(format!("{region}-fed.secret"));
+                std::fs::write(&secret_file, &secret_hex)?;
+                fed_ids.push(FedIdentity {
+                    name,
+                    thumbprint,
+                    secret_hex,
+                    secret_file,
+                    pins_dir: h.path(format!("{region}-fed-pins")),
+                });
+            }
+            for (j, region) in REGION_NAMES.iter().take(n).enumerate() {
+                let mut peers = String::new();
+                for (k, other) in fed_ids.iter().enumerate() {
+                    if k == j {
+                        continue;
+                    }
+                    let hash = {
+                        use sha2::Digest as _;
+                        hex::encode(sha2::Sha256::digest(hex::decode(&other.secret_hex)?))
+                    };
+                    peers.push_str(&format!(
+                        "\n[[federation.peers]]\nname = \"{}\"\npinned_thumbprints = [\"{}\"]\ninbound_secret_sha256 = \"{hash}\"\n",
+                        REGION_NAMES[k], other.thumbprint
+                    ));
+                }
+                let dir = h.path(format!("{region}-plane"));
+                std::fs::create_dir_all(&dir)?;
+                std::fs::write(dir.join(FEDERATION_PEERS_FILE), peers)?;
+            }
+        }
+
         // Stand-ins: a certificate naming the stand-in and every relay in
         // front of it, then start on port 0.
         let mut planes = Vec::new();
@@ -354,6 +418,7 @@ impl<'h> Federation<'h> {
             admin,
             nodes: Vec::new(),
             planes,
+            fed: fed_ids,
             coord_links,
             probe_links,
             frozen: Mutex::new(BTreeSet::new()),
@@ -469,6 +534,15 @@ impl<'h> Federation<'h> {
             }
         }
         t.push('\n');
+        if let Some(f) = self.fed.get(i) {
+            t.push_str(&format!(
+                "[federation]\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\nsecret_file = \"{}\"\npins_dir = \"{}\"\n\n",
+                self.pki.cert(&f.name).display(),
+                self.pki.key(&f.name).display(),
+                f.secret_file.display(),
+                f.pins_dir.display()
+            ));
+        }
         t.push_str(&c.extra_config);
         t
     }
@@ -1008,6 +1082,10 @@ pub fn describe(regions: &[RegionView]) -> String {
         .join("; ")
 }
 
+/// In a stand-in's directory: its `[[federation.peers]]` entries, appended
+/// to its configuration (with `federation_pins`).
+const FEDERATION_PEERS_FILE: &str = "federation-peers.toml";
+
 /// Writes a stand-in's configuration file (`listen` holds `ip:0` on the
 /// first start, then the bound addresses so a restart keeps them).
 /// The configurations (content hashes) region `region`'s stand-in holds:
@@ -1038,6 +1116,11 @@ fn write_plane_config(
             .join(", "),
         pki.dir.join("ca.pem").display(),
     );
+    // Federation peer entries, when the federation was started with them.
+    let text = match std::fs::read_to_string(dir.join(FEDERATION_PEERS_FILE)) {
+        Ok(peers) => format!("{text}{peers}"),
+        Err(_) => text,
+    };
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("plane.toml"), text)?;
     Ok(())

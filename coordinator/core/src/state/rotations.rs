@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::{Placement, ReplicatedState, RowKey};
 use crate::command::Rejection;
 use crate::health::RegionState;
-use crate::ids::{NodeId, Thumbprint};
+use crate::ids::{NodeId, RegionName, Thumbprint};
+use crate::member::{Member, MemberRole};
 use crate::rotation::{
     ApprovalPolicy, Blockers, Peer, Phase, PinKind, PinSubject, Rotation, RotationRequest,
     AUTOMATION_ACTOR,
@@ -62,6 +63,20 @@ impl RotateOp {
             | RotateOp::Rollback { id } => Some(*id),
         }
     }
+}
+
+/// Whether `actor` is a coordinator (`node:<id>`) serving `region`.
+fn region_coordinator(
+    members: &std::collections::BTreeMap<NodeId, Member>,
+    actor: &str,
+    region: &RegionName,
+) -> bool {
+    actor
+        .trim()
+        .strip_prefix("node:")
+        .and_then(|n| n.parse::<NodeId>().ok())
+        .and_then(|id| members.get(&id))
+        .is_some_and(|m| m.role == MemberRole::Region && &m.region == region)
 }
 
 fn conflict(message: impl Into<String>) -> Rejection {
@@ -154,6 +169,7 @@ impl ReplicatedState {
             }
             other => {
                 let id = other.id().unwrap_or_default();
+                let members = &self.members;
                 let rotation = self
                     .rotations
                     .get_mut(&id)
@@ -162,21 +178,51 @@ impl ReplicatedState {
                 let event = match other {
                     RotateOp::Approve { id } => rotation.approve(*id, actor, at),
                     RotateOp::Confirm { id, peer, phase } => {
-                        if let Peer::Node(n) = peer {
-                            if !own_node(*n) {
-                                return Err(conflict(format!(
-                                    "only node {n} confirms for itself (not {actor})"
-                                )));
+                        match peer {
+                            Peer::Node(n) => {
+                                if !own_node(*n) {
+                                    return Err(conflict(format!(
+                                        "only node {n} confirms for itself (not {actor})"
+                                    )));
+                                }
+                            }
+                            Peer::Region(r) => {
+                                // A region's coordinator confirms what its
+                                // control plane was given; the owner
+                                // region's coordinator confirms `presenting`,
+                                // which it sees by a green ping.
+                                let owner_presenting = *phase == Phase::Presenting
+                                    && matches!(rotation.subject(), PinSubject::Federation(o)
+                                        if region_coordinator(members, actor, o));
+                                if !region_coordinator(members, actor, r) && !owner_presenting {
+                                    return Err(conflict(format!(
+                                        "only a coordinator of region {r} confirms for it{} (not {actor})",
+                                        if *phase == Phase::Presenting {
+                                            ", or of the owner region"
+                                        } else {
+                                            ""
+                                        }
+                                    )));
+                                }
                             }
                         }
                         rotation.confirm(*id, peer, *phase, actor, at)
                     }
                     RotateOp::ConfirmOwner { id, phase } => {
-                        if let PinSubject::Transport(n) = rotation.subject() {
-                            if !own_node(*n) {
-                                return Err(conflict(format!(
-                                    "only node {n} confirms what it presents (not {actor})"
-                                )));
+                        match rotation.subject() {
+                            PinSubject::Transport(n) => {
+                                if !own_node(*n) {
+                                    return Err(conflict(format!(
+                                        "only node {n} confirms what it presents (not {actor})"
+                                    )));
+                                }
+                            }
+                            PinSubject::Federation(o) => {
+                                if !region_coordinator(members, actor, o) {
+                                    return Err(conflict(format!(
+                                        "only a coordinator of region {o} confirms what it presents (not {actor})"
+                                    )));
+                                }
                             }
                         }
                         rotation.confirm_owner(*id, *phase, actor, at)
@@ -191,18 +237,28 @@ impl ReplicatedState {
             }
         };
         self.dirty.insert(RowKey::Rotation(id));
-        let (subject, phase, trusted) = {
+        let (subject, phase, trusted, new) = {
             let r = &self.rotations[&id];
-            (r.subject().clone(), r.phase(), r.trusted())
+            (
+                r.subject().clone(),
+                r.phase(),
+                r.trusted(),
+                r.new_thumbprint(),
+            )
         };
         if event.is_phase_change() {
             self.bump_epoch();
-            if let PinSubject::Transport(node) = &subject {
-                if let Some(m) = self.members.get_mut(node) {
-                    if m.thumbprints != trusted {
-                        m.thumbprints = trusted;
-                        self.dirty.insert(RowKey::Member(*node));
+            match &subject {
+                PinSubject::Transport(node) => {
+                    if let Some(m) = self.members.get_mut(node) {
+                        if m.thumbprints != trusted {
+                            m.thumbprints = trusted;
+                            self.dirty.insert(RowKey::Member(*node));
+                        }
                     }
+                }
+                PinSubject::Federation(region) => {
+                    self.set_federation_pins(region, trusted, phase.is_finished(), new);
                 }
             }
         }
@@ -259,10 +315,32 @@ impl ReplicatedState {
                     .collect();
                 (old, peers)
             }
-            PinSubject::Federation(_) => {
-                return Err(conflict(
-                    "federation pin rotation is not available in this version",
-                ))
+            PinSubject::Federation(region) => {
+                let f = self.federation.get(region).ok_or_else(|| {
+                    conflict(format!(
+                        "region {region} has published no federation certificate"
+                    ))
+                })?;
+                let [old] = f.pins.iter().copied().collect::<Vec<_>>()[..] else {
+                    return Err(conflict(format!(
+                        "region {region} has {} federation pins; a rotation starts from one",
+                        f.pins.len()
+                    )));
+                };
+                if !f.certs.contains_key(&new) {
+                    return Err(conflict(format!(
+                        "{} is not a published federation certificate of region {region}: \
+                         its coordinator publishes it first",
+                        new.short()
+                    )));
+                }
+                let peers: std::collections::BTreeSet<Peer> = self
+                    .members
+                    .values()
+                    .filter(|m| m.role == MemberRole::Region && &m.region != region)
+                    .map(|m| Peer::Region(m.region.clone()))
+                    .collect();
+                (old, peers)
             }
         };
         Rotation::propose(
@@ -643,5 +721,268 @@ mod tests {
         assert!(why.contains("paused"), "{why}");
         let id = w.start("admin:ops");
         assert_eq!(w.s.rotations()[&id].phase(), Phase::Staged);
+    }
+
+    /// A PEM holding one certificate whose DER is `der`.
+    fn pem_of(der: &[u8]) -> String {
+        use base64::Engine as _;
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::engine::general_purpose::STANDARD.encode(der)
+        )
+    }
+
+    fn fed_pins(w: &World, region: &str) -> BTreeSet<Thumbprint> {
+        w.s.federation_pins()[&region.parse::<RegionName>().expect("region")]
+            .pins
+            .clone()
+    }
+
+    fn publish(w: &mut World, actor: &str, region: &str, der: &[u8]) -> Thumbprint {
+        let pem = pem_of(der);
+        w.ok(
+            actor,
+            Command::PublishFederationCert {
+                region: region.parse().expect("region"),
+                pem: pem.clone(),
+            },
+        );
+        crate::state::certificate_thumbprint(&pem).expect("pem").0
+    }
+
+    fn confirm_regions(w: &mut World, id: u64, phase: Phase) {
+        for (n, r) in [(2, "us"), (3, "ap")] {
+            w.op(
+                &format!("node:{n}"),
+                RotateOp::Confirm {
+                    id,
+                    peer: Peer::Region(r.parse().expect("region")),
+                    phase,
+                },
+            );
+        }
+    }
+
+    /// A federation rotation of region eu moves eu's committed federation
+    /// pins with its phases (old only, old+new from staged, new only from
+    /// retiring), keeps the PEM of every pinned certificate, drops the
+    /// retired one at completion, and survives a rebuild from its rows.
+    #[test]
+    fn federation_rotation_moves_the_committed_federation_pins() {
+        let mut w = World::new();
+        let old = publish(&mut w, "node:1", "eu", b"eu federation cert one");
+        assert_eq!(fed_pins(&w, "eu"), [old].into(), "first publication pins");
+        let subject = PinSubject::Federation("eu".parse().expect("region"));
+        let refused = w.refused(
+            "node:1",
+            Command::Rotate {
+                op: RotateOp::Start {
+                    subject: subject.clone(),
+                    new: Thumbprint([5; 32]),
+                },
+            },
+        );
+        assert!(refused.contains("publishes it first"), "{refused}");
+        let new = publish(&mut w, "node:1", "eu", b"eu federation cert two");
+        assert_eq!(
+            fed_pins(&w, "eu"),
+            [old].into(),
+            "a later one is not pinned"
+        );
+        w.op(
+            "node:1",
+            RotateOp::Start {
+                subject: subject.clone(),
+                new,
+            },
+        );
+        let id = w.index;
+        let r = &w.s.rotations()[&id];
+        assert_eq!(r.phase(), Phase::Staged);
+        assert_eq!(
+            r.peers(),
+            &[
+                Peer::Region("us".parse().expect("r")),
+                Peer::Region("ap".parse().expect("r"))
+            ]
+            .into()
+        );
+        assert_eq!(fed_pins(&w, "eu"), [old, new].into());
+        let eu = &w.s.federation_pins()[&"eu".parse::<RegionName>().expect("r")];
+        assert_eq!(
+            eu.pinned_pem_bundle().matches("BEGIN CERTIFICATE").count(),
+            2
+        );
+        confirm_regions(&mut w, id, Phase::Staged);
+        w.op(
+            "tern",
+            RotateOp::Advance {
+                id,
+                expected: Phase::Staged,
+            },
+        );
+        w.op(
+            "node:1",
+            RotateOp::ConfirmOwner {
+                id,
+                phase: Phase::Presenting,
+            },
+        );
+        // The owner region's coordinator confirms each peer's `presenting`
+        // (it saw the ping green).
+        for r in ["us", "ap"] {
+            w.op(
+                "node:1",
+                RotateOp::Confirm {
+                    id,
+                    peer: Peer::Region(r.parse().expect("r")),
+                    phase: Phase::Presenting,
+                },
+            );
+        }
+        w.op(
+            "tern",
+            RotateOp::Advance {
+                id,
+                expected: Phase::Presenting,
+            },
+        );
+        assert_eq!(fed_pins(&w, "eu"), [new].into(), "old pin retired");
+        confirm_regions(&mut w, id, Phase::Retiring);
+        w.op(
+            "tern",
+            RotateOp::Advance {
+                id,
+                expected: Phase::Retiring,
+            },
+        );
+        assert_eq!(w.s.rotations()[&id].phase(), Phase::Completed);
+        let eu = &w.s.federation_pins()[&"eu".parse::<RegionName>().expect("r")];
+        assert_eq!(eu.pins, [new].into());
+        assert_eq!(eu.certs.keys().copied().collect::<Vec<_>>(), vec![new]);
+        let rebuilt = ReplicatedState::from_rows(
+            w.s.all_rows()
+                .into_iter()
+                .map(|(k, v)| (k.table().to_string(), k.key(), v)),
+        )
+        .expect("rows");
+        assert_eq!(rebuilt.federation_pins(), w.s.federation_pins());
+        assert_eq!(rebuilt.rotations(), w.s.rotations());
+    }
+
+    /// Who may act for a region: only its own coordinators publish its
+    /// certificate, confirm its staged/retiring steps and confirm what the
+    /// owner presents; the owner region's coordinator may confirm a peer's
+    /// `presenting` (and nothing else for it); a coordinator of a third
+    /// region may not.
+    #[test]
+    fn region_peers_confirm_only_for_themselves_except_presenting() {
+        let mut w = World::new();
+        let why = w.refused(
+            "node:2",
+            Command::PublishFederationCert {
+                region: "eu".parse().expect("r"),
+                pem: pem_of(b"x"),
+            },
+        );
+        assert!(why.contains("only a coordinator of region eu"), "{why}");
+        publish(&mut w, "node:1", "eu", b"one");
+        let new = publish(&mut w, "node:1", "eu", b"two");
+        w.op(
+            "admin:ops",
+            RotateOp::Start {
+                subject: PinSubject::Federation("eu".parse().expect("r")),
+                new,
+            },
+        );
+        let id = w.index;
+        let us = Peer::Region("us".parse().expect("r"));
+        for actor in ["node:1", "node:3"] {
+            let why = w.refused(
+                actor,
+                Command::Rotate {
+                    op: RotateOp::Confirm {
+                        id,
+                        peer: us.clone(),
+                        phase: Phase::Staged,
+                    },
+                },
+            );
+            assert!(why.contains("only a coordinator of region us"), "{why}");
+        }
+        confirm_regions(&mut w, id, Phase::Staged);
+        w.op(
+            "tern",
+            RotateOp::Advance {
+                id,
+                expected: Phase::Staged,
+            },
+        );
+        let why = w.refused(
+            "node:2",
+            Command::Rotate {
+                op: RotateOp::ConfirmOwner {
+                    id,
+                    phase: Phase::Presenting,
+                },
+            },
+        );
+        assert!(why.contains("only a coordinator of region eu"), "{why}");
+        let why = w.refused(
+            "node:3",
+            Command::Rotate {
+                op: RotateOp::Confirm {
+                    id,
+                    peer: us.clone(),
+                    phase: Phase::Presenting,
+                },
+            },
+        );
+        assert!(why.contains("or of the owner region"), "{why}");
+        w.op(
+            "node:1",
+            RotateOp::Confirm {
+                id,
+                peer: us,
+                phase: Phase::Presenting,
+            },
+        );
+        let waiting = w.s.rotations()[&id].waiting_for();
+        assert_eq!(
+            waiting.len(),
+            2,
+            "owner and ap still waited for: {waiting:?}"
+        );
+    }
+
+    /// A rollback of a federation rotation from staged withdraws the new
+    /// pin and forgets its certificate: only the old pin is left.
+    #[test]
+    fn federation_rollback_restores_the_old_pin() {
+        let mut w = World::new();
+        let old = publish(&mut w, "node:1", "eu", b"one");
+        let new = publish(&mut w, "node:1", "eu", b"two");
+        w.op(
+            "node:1",
+            RotateOp::Start {
+                subject: PinSubject::Federation("eu".parse().expect("r")),
+                new,
+            },
+        );
+        let id = w.index;
+        w.op("admin:ops", RotateOp::Rollback { id });
+        assert_eq!(fed_pins(&w, "eu"), [old].into());
+        confirm_regions(&mut w, id, Phase::Withdrawing);
+        w.op(
+            "tern",
+            RotateOp::Advance {
+                id,
+                expected: Phase::Withdrawing,
+            },
+        );
+        assert_eq!(w.s.rotations()[&id].phase(), Phase::RolledBack);
+        let eu = &w.s.federation_pins()[&"eu".parse::<RegionName>().expect("r")];
+        assert_eq!(eu.pins, [old].into());
+        assert!(!eu.certs.contains_key(&new));
     }
 }

@@ -1,7 +1,8 @@
 //! Calls of Tern's integration contract that a coordinator makes to its
 //! own region's control plane (see docs/integration-contract.md): which
 //! configurations the region holds, installing the federation's public
-//! handover keys, and marking agents `MovedToPeer`. The coordinator
+//! handover keys, marking agents `MovedToPeer`, and installing the other
+//! regions' federation pins. The coordinator
 //! authenticates with its transport certificate; the region's server
 //! certificate is checked against the probe CA bundle.
 
@@ -18,6 +19,33 @@ pub const CONFIGS: &str = "/tern/v1/configs";
 pub const HANDOVER_KEYS: &str = "/tern/v1/handover/keys";
 /// `POST`: agents attached elsewhere, to mark `MovedToPeer <target>`.
 pub const MOVED: &str = "/tern/v1/agents/moved";
+/// `PUT`: the federation pins of named peers.
+pub const FEDERATION_PINS: &str = "/tern/v1/federation/pins";
+
+/// One federation peer's pins, as installed in a control plane.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PeerPins {
+    /// The peer region's name (its federation peer entry).
+    pub name: String,
+    /// SHA-256 thumbprints (lowercase hex) of the client certificates the
+    /// peer may present; replaces the entry's pins.
+    pub pinned_thumbprints: Vec<String>,
+}
+
+/// Body of [`FEDERATION_PINS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinsRequest {
+    pub peers: Vec<PeerPins>,
+}
+
+/// Answer of [`FEDERATION_PINS`] (`200`): which named peers were updated,
+/// and which have no federation peer entry in that region (not added: an
+/// entry needs its secret, which Tern never handles).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinsResponse {
+    pub updated: Vec<String>,
+    pub unknown: Vec<String>,
+}
 
 /// Answer of [`CONFIGS`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +141,20 @@ impl RegionClient {
             .await?
             .error_for_status()?;
         Ok(())
+    }
+
+    pub async fn install_federation_pins(
+        &self,
+        pins: &PinsRequest,
+    ) -> anyhow::Result<PinsResponse> {
+        let r = self
+            .http
+            .put(format!("{}{FEDERATION_PINS}", self.base))
+            .json(pins)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(r.json().await?)
     }
 
     pub async fn mark_moved(&self, moved: &MovedRequest) -> anyhow::Result<()> {

@@ -35,7 +35,7 @@ pub enum RotateCmd {
     /// Start rotating a pin by hand (coordinators start their own when
     /// their certificate files change).
     Start {
-        /// transport:<node id> (federation:<region> is not available yet)
+        /// transport:<node id> or federation:<region>
         subject: String,
         /// SHA-256 thumbprint (hex) of the certificate that replaces it
         #[arg(long = "new")]

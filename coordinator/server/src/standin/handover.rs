@@ -163,7 +163,7 @@ impl HandoverState {
     }
 }
 
-fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
@@ -177,7 +177,7 @@ fn chains(v: &dyn ClientCertVerifier, leaf: &CertificateDer<'_>) -> bool {
 
 /// The coordinator contract calls need a client certificate chaining to
 /// the configured coordinator CA.
-fn require_coordinator(shared: &Shared, leaf: &ClientLeaf) -> Result<(), Box<Response>> {
+pub(crate) fn require_coordinator(shared: &Shared, leaf: &ClientLeaf) -> Result<(), Box<Response>> {
     let Some(v) = &shared.handover.coordinators else {
         return Err(Box::new(refuse(
             StatusCode::FORBIDDEN,

@@ -29,6 +29,7 @@ mod handover;
 mod listener;
 mod mode;
 mod ping;
+mod pins;
 mod region;
 mod secret;
 mod state;

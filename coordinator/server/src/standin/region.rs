@@ -49,6 +49,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(super::handover::CONFIGS, get(super::handover::configs))
         .route(super::handover::KEYS, put(super::handover::install_keys))
         .route(super::handover::MOVED, post(super::handover::mark_moved))
+        .route(super::pins::PINS, put(super::pins::install_pins))
         .route(super::handover::ATTACH, post(super::handover::attach))
         .route(super::handover::AGENT, get(super::handover::agent))
         .fallback(not_found)

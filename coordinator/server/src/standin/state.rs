@@ -113,6 +113,34 @@ impl Shared {
         *self.peers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(peers);
     }
 
+    /// Replaces the pins of the named peers that have an entry (keeping
+    /// their secrets), under one write lock; returns the names updated and
+    /// the names with no entry.
+    pub(crate) fn replace_peer_pins(
+        &self,
+        wanted: &std::collections::BTreeMap<
+            RegionName,
+            std::collections::BTreeSet<tern_core::Thumbprint>,
+        >,
+    ) -> (Vec<RegionName>, Vec<RegionName>) {
+        let mut guard = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        let mut peers = guard.as_ref().clone();
+        let mut updated = Vec::new();
+        for p in &mut peers {
+            if let Some(pins) = wanted.get(&p.name) {
+                p.pinned_thumbprints = pins.clone();
+                updated.push(p.name.clone());
+            }
+        }
+        let unknown = wanted
+            .keys()
+            .filter(|n| !updated.contains(n))
+            .cloned()
+            .collect();
+        *guard = Arc::new(peers);
+        (updated, unknown)
+    }
+
     pub(crate) fn subscribe_desired(&self) -> watch::Receiver<Desired> {
         self.desired.subscribe()
     }
