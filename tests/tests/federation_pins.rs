@@ -186,7 +186,9 @@ fn install(pki_dir: &Path, from: &str, name: &str) -> anyhow::Result<()> {
 
 /// Proves, for region eu's federation client certificate:
 /// - at start every coordinator delivers eu's published pin: the pin files
-///   hold it and the peers' stand-ins accept eu's certificate;
+///   hold it and the peers' stand-ins accept eu's certificate; eu's
+///   coordinator reports the certificate's expiry (`tern_cert_expiry_seconds`,
+///   kind federation);
 /// - a new certificate is refused by the peers before its rotation is
 ///   staged, and accepted from `staged` on (with the old one still
 ///   accepted) while phases are moved by hand under paused automation;
@@ -209,6 +211,22 @@ fn federation_pins_follow_the_rotation() {
             expect_ping(&fed, j, 0, "eu-fed", true, "at start")?;
         }
         eprintln!("[test] initial pins delivered after {:?}", t0.elapsed());
+        // eu's coordinator reports its federation certificate's expiry
+        // (issued for 90 days by the test PKI).
+        let (code, metrics) = support::http_get(fed.nodes[0].http(), "/metrics")?;
+        ensure!(code == 200, "/metrics answered {code}");
+        let expiry: f64 = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("tern_cert_expiry_seconds{") && l.contains("kind=\"federation\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .context("no federation tern_cert_expiry_seconds series")?;
+        ensure!(
+            (80.0 * 86_400.0..=91.0 * 86_400.0).contains(&expiry),
+            "federation certificate expiry {expiry} s"
+        );
 
         // Phases by hand: nothing advances but the administrator.
         admin(&["pause", "--reason", "federation pins test: phases by hand"])?;

@@ -434,9 +434,30 @@ fn render_rotation(coord: &Coordinator, reg: &mut Registry) {
         region: coord.config.region.to_string(),
     };
     expiry.get_or_create(&labels).set(not_after - now_s);
+    // This region's federation client certificate, when configured (the
+    // file as mounted for the control plane; unreadable: no series).
+    let federation = coord
+        .config
+        .federation
+        .client_cert_file
+        .as_ref()
+        .and_then(|p| crate::tls::CaBundle::load(p).ok())
+        .and_then(|b| b.certificates().first().map(|c| c.as_ref().to_vec()))
+        .and_then(|der| {
+            x509_parser::parse_x509_certificate(&der)
+                .ok()
+                .map(|(_, c)| c.validity().not_after.timestamp())
+        });
+    let federation_labels = CertLabels {
+        kind: "federation".into(),
+        region: coord.config.region.to_string(),
+    };
+    if let Some(na) = federation {
+        expiry.get_or_create(&federation_labels).set(na - now_s);
+    }
     reg.register(
         "tern_cert_expiry_seconds",
-        "Seconds until the certificate of that kind presented by this coordinator expires",
+        "Seconds until this region's certificate of that kind expires (transport: the one this coordinator presents; federation: its control plane's federation client certificate, when configured)",
         expiry,
     );
     let alert: Family<CertLabels, Gauge> = Family::default();
@@ -446,6 +467,20 @@ fn render_rotation(coord: &Coordinator, reg: &mut Registry) {
         mine_running,
     );
     alert.get_or_create(&labels).set(i64::from(due));
+    if let Some(na) = federation {
+        let running = coord.read_state(|s| {
+            s.running_rotation(&tern_core::PinSubject::Federation(
+                coord.config.region.clone(),
+            ))
+            .is_some()
+        });
+        let due = tern_core::expiry_alert(
+            tern_core::Millis(u64::try_from(now_s).unwrap_or(0).saturating_mul(1000)),
+            tern_core::Millis(u64::try_from(na).unwrap_or(0).saturating_mul(1000)),
+            running,
+        );
+        alert.get_or_create(&federation_labels).set(i64::from(due));
+    }
     reg.register(
         "tern_cert_expiry_alert",
         "1 when the certificate expires within 14 days and no rotation of its pin is running",
