@@ -335,3 +335,78 @@ fn federation_pins_follow_the_rotation() {
         Ok(())
     });
 }
+
+/// Proves, for region ap with its renewal staged by the issuer in the
+/// `next_*` files (automation on, no administrator):
+/// - the coordinator publishes the renewal and rotates to it, and installs
+///   it as the mounted certificate only at `presenting`;
+/// - at no moment of the rotation does a peer's stand-in refuse the
+///   certificate in the mounted files (pinged over and over with the
+///   owner's secret);
+/// - afterwards the mounted files hold the renewal and the old certificate
+///   is refused.
+#[test]
+fn renewal_staged_in_next_files_is_never_refused() {
+    run("renewal_staged_in_next_files_is_never_refused", |h| {
+        let fed = federation(h)?;
+        let owner = 2;
+        let name = fed.fed[owner].name.clone();
+        let old = fed.fed[owner].thumbprint.clone();
+        wait_pin_files(&fed, owner, &[&old])?;
+        install(&fed.pki.dir, &name, &format!("{name}-old"))?;
+        let new = fed.pki.node(&format!("{name}-staged"), fed.planes[owner].ip, &[])?;
+        let subject = format!("federation:{}", fed.region(owner));
+        let t0 = Instant::now();
+        let (mut pings, mut torn) = (0usize, 0usize);
+        let done = loop {
+            ensure!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the rotation did not complete within 60 s ({pings} pings)"
+            );
+            for j in (0..fed.len()).filter(|j| *j != owner) {
+                // The files are replaced key first, then certificate: a
+                // read between the two is a mismatched pair, which fails
+                // the handshake on our side (not a refusal by the peer).
+                match ping(&fed, j, &name, &fed.fed[owner].secret_hex) {
+                    Ok(v) => {
+                        pings += 1;
+                        ensure!(
+                            green(&v),
+                            "stand-in {} refused the mounted certificate during the rotation: {v}",
+                            fed.region(j)
+                        );
+                    }
+                    Err(_) => torn += 1,
+                }
+            }
+            match rotation_of(&fed, 0, &subject)? {
+                Some(r) if r["phase"] == "completed" && r["new"] == new.as_str() => break r,
+                _ => {}
+            }
+        };
+        eprintln!(
+            "[test] {subject} completed in {:?}: {pings} pings all green, {torn} torn reads",
+            t0.elapsed()
+        );
+        ensure!(pings >= 4, "too few pings to mean anything: {pings}");
+        ensure!(
+            done["proposed_by"] == format!("node:{}", owner + 1).as_str(),
+            "proposed by {}",
+            done["proposed_by"]
+        );
+        let mounted = run_bounded(
+            support::tern()
+                .args(["pki", "thumbprint"])
+                .arg(fed.pki.cert(&name)),
+            Duration::from_secs(10),
+        )?;
+        ensure!(
+            String::from_utf8_lossy(&mounted.stdout).trim() == new,
+            "the mounted files hold the renewal"
+        );
+        for j in (0..fed.len()).filter(|j| *j != owner) {
+            expect_ping(&fed, j, owner, &format!("{name}-old"), false, "after completion")?;
+        }
+        Ok(())
+    });
+}

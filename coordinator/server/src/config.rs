@@ -118,6 +118,8 @@ pub struct FileFederation {
     pub client_key_file: Option<PathBuf>,
     pub secret_file: Option<PathBuf>,
     pub pins_dir: Option<PathBuf>,
+    pub next_cert_file: Option<PathBuf>,
+    pub next_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -377,6 +379,15 @@ pub struct FederationConfig {
     /// `<region>.thumbprints` (one SHA-256 hex per line). Default
     /// `<data_dir>/federation-pins`.
     pub pins_dir: PathBuf,
+    /// Where the issuer puts a renewed federation certificate and key
+    /// (PEM), instead of replacing `client_cert_file` directly. When set,
+    /// the coordinator stages the renewal's pin at every peer first and
+    /// installs it as `client_cert_file`/`client_key_file` only at
+    /// `presenting`, so that no peer ever sees a certificate it does not
+    /// pin yet. Default: none (the issuer replaces the mounted files, and
+    /// peers refuse the new certificate until `staged`, about a second).
+    pub next_cert_file: Option<PathBuf>,
+    pub next_key_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for FederationConfig {
@@ -386,6 +397,8 @@ impl std::fmt::Debug for FederationConfig {
             .field("client_key_file", &self.client_key_file)
             .field("secret_file", &self.secret_file)
             .field("pins_dir", &self.pins_dir)
+            .field("next_cert_file", &self.next_cert_file)
+            .field("next_key_file", &self.next_key_file)
             .finish()
     }
 }
@@ -642,6 +655,8 @@ impl Config {
                 .pins_dir
                 .map(rel)
                 .unwrap_or_else(|| data_dir.join("federation-pins")),
+            next_cert_file: file.federation.next_cert_file.map(rel),
+            next_key_file: file.federation.next_key_file.map(rel),
         };
         let cfg = Config {
             node_id,
@@ -848,6 +863,22 @@ impl Config {
         }
         if f.pins_dir.as_os_str().is_empty() {
             return Err(invalid("federation.pins_dir", "must not be empty"));
+        }
+        match (&f.next_cert_file, &f.next_key_file) {
+            (None, None) => {}
+            (Some(_), Some(_)) if f.client_cert_file.is_some() => {}
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "federation.next_cert_file",
+                    "needs client_cert_file (the files it is installed as)",
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "federation.next_cert_file",
+                    "next_cert_file and next_key_file go together",
+                ))
+            }
         }
         Ok(())
     }

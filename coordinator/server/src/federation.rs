@@ -240,15 +240,36 @@ async fn owner_step(
         return;
     }
     let Some(mine) = mine else { return };
+    // A renewal staged by the issuer in `next_*` (when configured): it is
+    // published and rotated to while the control plane still presents the
+    // mounted certificate, and installed as the mounted one at presenting.
+    let next = match (&f.next_cert_file, &f.next_key_file) {
+        (Some(c), Some(k)) => ClientCert::load(c, k)
+            .ok()
+            .filter(|n| n.thumbprint != current.thumbprint),
+        _ => None,
+    };
     let running = rotations.iter().find(|r| r.subject() == &subject);
     let Some(r) = running else {
-        if mine.pins.contains(&current.thumbprint) {
+        let target = next.as_ref().unwrap_or(&current);
+        if mine.pins.contains(&target.thumbprint) {
+            return;
+        }
+        if !mine.certs.contains_key(&target.thumbprint) {
+            propose(
+                coord,
+                Command::PublishFederationCert {
+                    region: me.clone(),
+                    pem: target.leaf_pem.clone(),
+                },
+            )
+            .await;
             return;
         }
         let rolled_back = coord.read_state(|s| {
             s.rotations().values().any(|r| {
                 r.subject() == &subject
-                    && r.new_thumbprint() == current.thumbprint
+                    && r.new_thumbprint() == target.thumbprint
                     && r.phase() == Phase::RolledBack
             })
         });
@@ -256,24 +277,24 @@ async fn owner_step(
             memory.note(format!(
                 "the federation certificate files hold {}, whose rotation was rolled back \
                  (start a rotation with `tern rotate start federation:{me}` to try it again)",
-                current.thumbprint.short()
+                target.thumbprint.short()
             ));
             return;
         }
-        info!(target: "federation", new = %current.thumbprint.short(),
+        info!(target: "federation", new = %target.thumbprint.short(),
             "new federation certificate in the files: proposing a rotation");
         if !rotate(
             coord,
             RotateOp::Start {
                 subject,
-                new: current.thumbprint,
+                new: target.thumbprint,
             },
         )
         .await
         {
             memory.note(format!(
                 "a federation pin rotation to {} could not start yet (see `tern rotate status`); retrying",
-                current.thumbprint.short()
+                target.thumbprint.short()
             ));
         }
         return;
@@ -283,14 +304,71 @@ async fn owner_step(
         return;
     }
     let want = r.presented();
+    let mut current = current;
     if current.thumbprint != want {
-        memory.note(format!(
-            "federation rotation {} wants the control plane to present {} but the files hold {}",
-            r.id(),
-            want.short(),
-            current.thumbprint.short()
-        ));
-        return;
+        // Install what the phase asks the control plane to present: the
+        // staged renewal at presenting (keeping the mounted one to come
+        // back to), or that one again on a rollback.
+        let previous = coord.config.data_dir.join("federation-previous");
+        let source = match phase {
+            Phase::Presenting => (next.as_ref().is_some_and(|n| n.thumbprint == want))
+                .then(|| {
+                    (
+                        f.next_cert_file.clone().unwrap_or_default(),
+                        f.next_key_file.clone().unwrap_or_default(),
+                    )
+                }),
+            _ => {
+                let (c, k) = (previous.with_extension("pem"), previous.with_extension("key"));
+                ClientCert::load(&c, &k)
+                    .ok()
+                    .filter(|p| p.thumbprint == want)
+                    .map(|_| (c, k))
+            }
+        };
+        let Some((src_cert, src_key)) = source else {
+            memory.note(format!(
+                "federation rotation {} wants the control plane to present {} but the files hold {}",
+                r.id(),
+                want.short(),
+                current.thumbprint.short()
+            ));
+            return;
+        };
+        let install = |from_cert: &Path, from_key: &Path, to_cert: &Path, to_key: &Path| {
+            let issued = crate::tls::IssuedCert {
+                cert_pem: std::fs::read_to_string(from_cert)?,
+                key_pem: std::fs::read_to_string(from_key)?,
+                thumbprint: want,
+            };
+            issued
+                .replace_files(to_cert, to_key)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        };
+        if phase == Phase::Presenting {
+            if let Err(e) = install(
+                cert,
+                key,
+                &previous.with_extension("pem"),
+                &previous.with_extension("key"),
+            ) {
+                memory.note(format!("keeping the current federation certificate failed: {e}"));
+                return;
+            }
+        }
+        if let Err(e) = install(&src_cert, &src_key, cert, key) {
+            memory.note(format!("installing federation certificate {} failed: {e}", want.short()));
+            return;
+        }
+        info!(target: "federation", thumbprint = %want.short(), phase = %phase,
+            "federation certificate installed for the control plane");
+        current = match ClientCert::load(cert, key) {
+            Ok(c) => c,
+            Err(e) => {
+                memory.note(format!("the installed federation certificate does not load: {e:#}"));
+                return;
+            }
+        };
     }
     let secret = match f.secret_file.as_deref().map(Secret::load) {
         Some(Ok(s)) => s,

@@ -120,6 +120,8 @@ impl LocalCluster {
                     client_key_file: None,
                     secret_file: None,
                     pins_dir: dir.join(me.region.as_str()).join("federation-pins"),
+                    next_cert_file: None,
+                    next_key_file: None,
                 },
             };
             nodes.push(LocalNode::spawn(config, grpc, http)?);

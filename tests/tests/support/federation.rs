@@ -68,7 +68,8 @@ pub struct FederationConfig {
     /// (`<region>-fed` in the PKI) and an outbound secret; each stand-in
     /// pins the other regions' certificates and secret hashes
     /// (`[[federation.peers]]`), and each coordinator has a `[federation]`
-    /// table. False.
+    /// table (renewals staged in `<region>-fed-staged`, absent at start).
+    /// False.
     pub federation_pins: bool,
 }
 
@@ -536,11 +537,13 @@ impl<'h> Federation<'h> {
         t.push('\n');
         if let Some(f) = self.fed.get(i) {
             t.push_str(&format!(
-                "[federation]\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\nsecret_file = \"{}\"\npins_dir = \"{}\"\n\n",
+                "[federation]\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\nsecret_file = \"{}\"\npins_dir = \"{}\"\nnext_cert_file = \"{}\"\nnext_key_file = \"{}\"\n\n",
                 self.pki.cert(&f.name).display(),
                 self.pki.key(&f.name).display(),
                 f.secret_file.display(),
-                f.pins_dir.display()
+                f.pins_dir.display(),
+                self.pki.cert(&format!("{}-staged", f.name)).display(),
+                self.pki.key(&format!("{}-staged", f.name)).display()
             ));
         }
         t.push_str(&c.extra_config);
