@@ -354,7 +354,9 @@ fn renewal_staged_in_next_files_is_never_refused() {
         let old = fed.fed[owner].thumbprint.clone();
         wait_pin_files(&fed, owner, &[&old])?;
         install(&fed.pki.dir, &name, &format!("{name}-old"))?;
-        let new = fed.pki.node(&format!("{name}-staged"), fed.planes[owner].ip, &[])?;
+        let new = fed
+            .pki
+            .node(&format!("{name}-staged"), fed.planes[owner].ip, &[])?;
         let subject = format!("federation:{}", fed.region(owner));
         let t0 = Instant::now();
         let (mut pings, mut torn) = (0usize, 0usize);
@@ -405,7 +407,14 @@ fn renewal_staged_in_next_files_is_never_refused() {
             "the mounted files hold the renewal"
         );
         for j in (0..fed.len()).filter(|j| *j != owner) {
-            expect_ping(&fed, j, owner, &format!("{name}-old"), false, "after completion")?;
+            expect_ping(
+                &fed,
+                j,
+                owner,
+                &format!("{name}-old"),
+                false,
+                "after completion",
+            )?;
         }
         Ok(())
     });

@@ -311,15 +311,17 @@ async fn owner_step(
         // back to), or that one again on a rollback.
         let previous = coord.config.data_dir.join("federation-previous");
         let source = match phase {
-            Phase::Presenting => (next.as_ref().is_some_and(|n| n.thumbprint == want))
-                .then(|| {
-                    (
-                        f.next_cert_file.clone().unwrap_or_default(),
-                        f.next_key_file.clone().unwrap_or_default(),
-                    )
-                }),
+            Phase::Presenting => (next.as_ref().is_some_and(|n| n.thumbprint == want)).then(|| {
+                (
+                    f.next_cert_file.clone().unwrap_or_default(),
+                    f.next_key_file.clone().unwrap_or_default(),
+                )
+            }),
             _ => {
-                let (c, k) = (previous.with_extension("pem"), previous.with_extension("key"));
+                let (c, k) = (
+                    previous.with_extension("pem"),
+                    previous.with_extension("key"),
+                );
                 ClientCert::load(&c, &k)
                     .ok()
                     .filter(|p| p.thumbprint == want)
@@ -352,12 +354,17 @@ async fn owner_step(
                 &previous.with_extension("pem"),
                 &previous.with_extension("key"),
             ) {
-                memory.note(format!("keeping the current federation certificate failed: {e}"));
+                memory.note(format!(
+                    "keeping the current federation certificate failed: {e}"
+                ));
                 return;
             }
         }
         if let Err(e) = install(&src_cert, &src_key, cert, key) {
-            memory.note(format!("installing federation certificate {} failed: {e}", want.short()));
+            memory.note(format!(
+                "installing federation certificate {} failed: {e}",
+                want.short()
+            ));
             return;
         }
         info!(target: "federation", thumbprint = %want.short(), phase = %phase,
@@ -365,7 +372,9 @@ async fn owner_step(
         current = match ClientCert::load(cert, key) {
             Ok(c) => c,
             Err(e) => {
-                memory.note(format!("the installed federation certificate does not load: {e:#}"));
+                memory.note(format!(
+                    "the installed federation certificate does not load: {e:#}"
+                ));
                 return;
             }
         };
