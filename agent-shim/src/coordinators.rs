@@ -110,8 +110,8 @@ pub fn candidates(
     candidates_spread(configured, cached, home_region, 0)
 }
 
-/// Like [`candidates`], with the addresses outside the home region rotated
-/// by `spread` (within their rank), so that shims with different seeds that
+/// Like [`candidates`], with the addresses known to be in other regions
+/// rotated by `spread`, so that shims with different seeds that
 /// lost the same home coordinator fall back to different coordinators
 /// instead of all reconnecting to the same one.
 pub fn candidates_spread(
@@ -151,14 +151,15 @@ pub fn candidates_spread(
         }
     }
     all.sort_by_key(|(rank, _)| *rank);
-    for rank in [1u8, 2] {
-        let start = all.iter().position(|(r, _)| *r == rank);
-        let end = all.iter().rposition(|(r, _)| *r == rank);
-        if let (Some(start), Some(end)) = (start, end) {
-            let group = &mut all[start..=end];
-            let n = group.len() as u64;
-            group.rotate_left((spread % n) as usize);
-        }
+    // Only the coordinators known to be in other regions are spread: those
+    // of unknown region (configured ones before the first list arrived)
+    // keep their configured order, which puts the home region first.
+    let start = all.iter().position(|(r, _)| *r == 2);
+    let end = all.iter().rposition(|(r, _)| *r == 2);
+    if let (Some(start), Some(end)) = (start, end) {
+        let group = &mut all[start..=end];
+        let n = group.len() as u64;
+        group.rotate_left((spread % n) as usize);
     }
     all.into_iter().map(|(_, a)| a).collect()
 }
@@ -195,6 +196,23 @@ mod tests {
             3,
             "every other region is someone's first fallback"
         );
+    }
+
+    // Property: before any coordinator list is cached (first start), the
+    // configured order is kept whatever the spread, so a shim whose home
+    // coordinator is configured first connects to it first (it used to be
+    // rotated away to another region's coordinator).
+    #[test]
+    fn spread_keeps_the_configured_order_without_a_cache() {
+        let configured = vec![
+            "127.0.0.3:1".to_string(),
+            "127.0.0.1:1".to_string(),
+            "127.0.0.2:1".to_string(),
+        ];
+        for spread in 0..6u64 {
+            let l = candidates_spread(&configured, &[], "ap", spread);
+            assert_eq!(l, configured, "spread {spread}");
+        }
     }
 
     fn info(node_id: u64, region: &str, address: &str) -> CoordinatorInfo {
