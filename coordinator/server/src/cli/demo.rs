@@ -364,8 +364,13 @@ pub async fn run(dir: &Path) -> anyhow::Result<i32> {
     println!(
         "  tern drill us                    # timed DR drill: drain us, agents out and home again"
     );
+    println!("  tern rotate status               # pin rotations (transport certificates)");
     println!("  tern pause / tern resume         # automation off and on");
     println!("  curl http://{}/metrics", regions[1].http);
+    println!(
+        "  status page: http://{}/status   # open in a browser",
+        regions[1].http
+    );
     println!("Press Ctrl-C to stop the federation.");
 
     let code = tokio::select! {
