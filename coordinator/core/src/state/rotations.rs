@@ -454,6 +454,10 @@ mod tests {
             }
         }
 
+        fn refused_op(&mut self, actor: &str, op: RotateOp) -> String {
+            self.refused(actor, Command::Rotate { op })
+        }
+
         fn op(&mut self, actor: &str, op: RotateOp) {
             self.ok(actor, Command::Rotate { op });
         }
@@ -568,34 +572,28 @@ mod tests {
                 phase: Phase::Staged,
             },
         );
-        let why = w.refused(
+        let why = w.refused_op(
             "node:2",
-            Command::Rotate {
-                op: RotateOp::Confirm {
-                    id,
-                    peer: Peer::Node(3),
-                    phase: Phase::Staged,
-                },
+            RotateOp::Confirm {
+                id,
+                peer: Peer::Node(3),
+                phase: Phase::Staged,
             },
         );
         assert!(why.contains("only node 3 confirms for itself"), "{why}");
-        let why = w.refused(
+        let why = w.refused_op(
             "tern",
-            Command::Rotate {
-                op: RotateOp::Advance {
-                    id,
-                    expected: Phase::Staged,
-                },
+            RotateOp::Advance {
+                id,
+                expected: Phase::Staged,
             },
         );
         assert!(why.contains("node:3"), "{why}");
-        let why = w.refused(
+        let why = w.refused_op(
             "admin:ops",
-            Command::Rotate {
-                op: RotateOp::Start {
-                    subject: PinSubject::Transport(1),
-                    new: Thumbprint([7; 32]),
-                },
+            RotateOp::Start {
+                subject: PinSubject::Transport(1),
+                new: Thumbprint([7; 32]),
             },
         );
         assert!(why.contains("already being rotated"), "{why}");
@@ -677,19 +675,9 @@ mod tests {
         let id = w.start("admin:alice");
         assert_eq!(w.s.rotations()[&id].phase(), Phase::PendingApproval);
         assert_eq!(w.pins_of(1), [OLD].into(), "pending changes no pin");
-        let why = w.refused(
-            "admin:Alice",
-            Command::Rotate {
-                op: RotateOp::Approve { id },
-            },
-        );
+        let why = w.refused_op("admin:Alice", RotateOp::Approve { id });
         assert!(why.contains("approve"), "{why}");
-        let why = w.refused(
-            "tern",
-            Command::Rotate {
-                op: RotateOp::Approve { id },
-            },
-        );
+        let why = w.refused_op("tern", RotateOp::Approve { id });
         assert!(why.contains("administrator"), "{why}");
         w.op("admin:bob", RotateOp::Approve { id });
         assert_eq!(w.s.rotations()[&id].phase(), Phase::Staged);
@@ -709,13 +697,11 @@ mod tests {
                 reason: "test".into(),
             },
         );
-        let why = w.refused(
+        let why = w.refused_op(
             "node:1",
-            Command::Rotate {
-                op: RotateOp::Start {
-                    subject: PinSubject::Transport(1),
-                    new: NEW,
-                },
+            RotateOp::Start {
+                subject: PinSubject::Transport(1),
+                new: NEW,
             },
         );
         assert!(why.contains("paused"), "{why}");
@@ -773,13 +759,11 @@ mod tests {
         let old = publish(&mut w, "node:1", "eu", b"eu federation cert one");
         assert_eq!(fed_pins(&w, "eu"), [old].into(), "first publication pins");
         let subject = PinSubject::Federation("eu".parse().expect("region"));
-        let refused = w.refused(
+        let refused = w.refused_op(
             "node:1",
-            Command::Rotate {
-                op: RotateOp::Start {
-                    subject: subject.clone(),
-                    new: Thumbprint([5; 32]),
-                },
+            RotateOp::Start {
+                subject: subject.clone(),
+                new: Thumbprint([5; 32]),
             },
         );
         assert!(refused.contains("publishes it first"), "{refused}");
@@ -918,24 +902,20 @@ mod tests {
                 expected: Phase::Staged,
             },
         );
-        let why = w.refused(
+        let why = w.refused_op(
             "node:2",
-            Command::Rotate {
-                op: RotateOp::ConfirmOwner {
-                    id,
-                    phase: Phase::Presenting,
-                },
+            RotateOp::ConfirmOwner {
+                id,
+                phase: Phase::Presenting,
             },
         );
         assert!(why.contains("only a coordinator of region eu"), "{why}");
-        let why = w.refused(
+        let why = w.refused_op(
             "node:3",
-            Command::Rotate {
-                op: RotateOp::Confirm {
-                    id,
-                    peer: us.clone(),
-                    phase: Phase::Presenting,
-                },
+            RotateOp::Confirm {
+                id,
+                peer: us.clone(),
+                phase: Phase::Presenting,
             },
         );
         assert!(why.contains("or of the owner region"), "{why}");
