@@ -32,21 +32,6 @@ fn federation(h: &Harness) -> anyhow::Result<Federation<'_>> {
     )
 }
 
-/// `tern rotate status --output json` through coordinator `i`: the newest
-/// rotation of `subject`.
-fn rotation_of(fed: &Federation, i: usize, subject: &str) -> anyhow::Result<Option<Value>> {
-    let out = run_bounded(
-        fed.admin
-            .cmd(&fed.nodes[i].grpc())
-            .args(["rotate", "status", "--output", "json"]),
-        Duration::from_secs(15),
-    )?;
-    let s: Value = serde_json::from_slice(&out.stdout).context("rotate status json")?;
-    Ok(s["rotations"]
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["subject"] == subject).cloned()))
-}
-
 /// Waits until the newest rotation of `subject` is in `phase` and, when
 /// `unblocked`, waits for nobody.
 fn wait_phase(
@@ -59,7 +44,7 @@ fn wait_phase(
         &format!("rotation of {subject} to reach {phase} (unblocked: {unblocked})"),
         Duration::from_secs(60),
         Duration::from_millis(200),
-        || match rotation_of(fed, 0, subject) {
+        || match fed.rotation_of(0, subject) {
             Ok(Some(r))
                 if r["phase"] == phase
                     && (!unblocked || r["waiting_for"] == serde_json::json!([])) =>
@@ -381,7 +366,7 @@ fn renewal_staged_in_next_files_is_never_refused() {
                     Err(_) => torn += 1,
                 }
             }
-            match rotation_of(&fed, 0, &subject)? {
+            match fed.rotation_of(0, &subject)? {
                 Some(r) if r["phase"] == "completed" && r["new"] == new.as_str() => break r,
                 _ => {}
             }

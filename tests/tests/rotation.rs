@@ -36,25 +36,6 @@ fn short(t: &str) -> &str {
     t.get(..12).unwrap_or(t)
 }
 
-/// `tern rotate status --output json` through coordinator `i`.
-fn rotate_status(fed: &Federation, i: usize) -> anyhow::Result<Value> {
-    let out = run_bounded(
-        fed.admin
-            .cmd(&fed.nodes[i].grpc())
-            .args(["rotate", "status", "--output", "json"]),
-        Duration::from_secs(15),
-    )?;
-    serde_json::from_slice(&out.stdout).context("parsing `tern rotate status --output json`")
-}
-
-/// The newest rotation of `subject`, as coordinator `i` shows it.
-fn rotation_of(fed: &Federation, i: usize, subject: &str) -> anyhow::Result<Option<Value>> {
-    let s = rotate_status(fed, i)?;
-    Ok(s["rotations"]
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["subject"] == subject).cloned()))
-}
-
 /// Waits until the newest rotation of `subject`, as coordinator `i` shows
 /// it, is in `phase` and waits for nobody.
 fn wait_unblocked(
@@ -68,7 +49,7 @@ fn wait_unblocked(
         what,
         Duration::from_secs(60),
         Duration::from_millis(250),
-        || match rotation_of(fed, i, subject) {
+        || match fed.rotation_of(i, subject) {
             Ok(Some(r)) if r["phase"] == phase && r["waiting_for"] == serde_json::json!([]) => {
                 Check::Ready(r)
             }
@@ -90,7 +71,7 @@ fn wait_phase(
         &format!("rotation of {subject} to reach {phase}"),
         within,
         Duration::from_millis(250),
-        || match rotation_of(fed, i, subject) {
+        || match fed.rotation_of(i, subject) {
             Ok(Some(r)) if r["phase"] == phase => Check::Ready(r),
             Ok(Some(r)) => {
                 Check::pending(format!("{} waiting for {}", r["phase"], r["waiting_for"]))
@@ -285,7 +266,7 @@ fn leader_rotation_under_writes_refuses_nothing_until_the_old_cert_is_tried() {
                     || member["thumbprints"] == serde_json::json!([new_tp]),
                 "member pins after the rotation: {member}"
             );
-            let presenting = rotate_status(&fed, l)?["presenting"].clone();
+            let presenting = fed.rotate_status(l)?["presenting"].clone();
             ensure!(
                 presenting == new_tp.as_str(),
                 "leader presents {presenting}"
@@ -374,7 +355,7 @@ fn four_eyes_exclusion_and_rollback() {
         ])?;
         let started: Value = serde_json::from_slice(&out.stdout)?;
         let id = started["id"].as_u64().context("rotation id")?.to_string();
-        let r = rotation_of(&fed, l, &subject)?.context("no rotation")?;
+        let r = fed.rotation_of(l, &subject)?.context("no rotation")?;
         ensure!(r["phase"] == "pending_approval", "{r}");
         ensure!(r["trusted"] == serde_json::json!([old_tp]), "{r}");
         // The proposer cannot approve its own rotation.
@@ -396,7 +377,7 @@ fn four_eyes_exclusion_and_rollback() {
             "staged to wait only for the stalled peer",
             Duration::from_secs(30),
             Duration::from_millis(250),
-            || match rotation_of(&fed, l, &subject) {
+            || match fed.rotation_of(l, &subject) {
                 Ok(Some(r))
                     if r["phase"] == "staged"
                         && r["waiting_for"] == serde_json::json!([stalled_peer]) =>
@@ -411,7 +392,7 @@ fn four_eyes_exclusion_and_rollback() {
         ensure!(!out.status.success(), "advance while a peer is waited for");
         admin(&["rotate", "exclude", &id, "--peer", &stalled_peer])?;
         // Paused: nobody advances but the administrator.
-        let r = rotation_of(&fed, l, &subject)?.context("rotation")?;
+        let r = fed.rotation_of(l, &subject)?.context("rotation")?;
         ensure!(r["phase"] == "staged", "advanced while paused: {r}");
         ensure!(
             r["excluded"].as_array().is_some_and(|e| e
@@ -426,11 +407,11 @@ fn four_eyes_exclusion_and_rollback() {
             "the owner to present the new certificate and the peer to accept it",
             Duration::from_secs(60),
             Duration::from_millis(250),
-            || match rotation_of(&fed, l, &subject) {
+            || match fed.rotation_of(l, &subject) {
                 Ok(Some(r))
                     if r["phase"] == "presenting" && r["waiting_for"] == serde_json::json!([]) =>
                 {
-                    match rotate_status(&fed, owner) {
+                    match fed.rotate_status(owner) {
                         Ok(s) if s["presenting"] == new_tp.as_str() => Check::Ready(()),
                         Ok(s) => Check::pending(format!("owner presents {}", s["presenting"])),
                         Err(e) => Check::pending(format!("{e:#}")),
@@ -460,7 +441,7 @@ fn four_eyes_exclusion_and_rollback() {
         admin(&["rotate", "advance", &id, "--phase", "withdrawing"])?;
         let done = wait_phase(&fed, l, &subject, "rolled_back", Duration::from_secs(10))?;
         ensure!(done["trusted"] == serde_json::json!([old_tp]), "{done}");
-        let s = rotate_status(&fed, owner)?;
+        let s = fed.rotate_status(owner)?;
         ensure!(
             s["presenting"] == old_tp.as_str(),
             "after the rollback the owner presents {}",
@@ -522,7 +503,7 @@ fn built_in_issuer_renews_a_due_certificate_and_rotates_it() {
             let quiet_until = Instant::now() + Duration::from_secs(3);
             while Instant::now() < quiet_until {
                 ensure!(
-                    rotation_of(&fed, l, &subject)?.is_none(),
+                    fed.rotation_of(l, &subject)?.is_none(),
                     "a certificate that is not due was rotated"
                 );
                 std::thread::sleep(Duration::from_millis(500));
@@ -550,7 +531,7 @@ fn built_in_issuer_renews_a_due_certificate_and_rotates_it() {
                 "the issuer's renewal to be rotated in",
                 Duration::from_secs(120),
                 Duration::from_millis(250),
-                || match rotate_status(&fed, l) {
+                || match fed.rotate_status(l) {
                     Ok(s) => {
                         let done: Vec<&Value> = s["rotations"]
                             .as_array()
@@ -587,7 +568,7 @@ fn built_in_issuer_renews_a_due_certificate_and_rotates_it() {
                 renewed["proposed_by"] == format!("node:{}", i + 1).as_str(),
                 "the owner proposed it: {renewed}"
             );
-            let presenting = rotate_status(&fed, i)?["presenting"].clone();
+            let presenting = fed.rotate_status(i)?["presenting"].clone();
             ensure!(presenting == new_tp.as_str(), "node presents {presenting}");
             let refused = refusals(&fed, None);
             ensure!(refused.is_empty(), "handshakes refused: {refused:?}");

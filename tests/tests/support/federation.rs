@@ -793,6 +793,30 @@ impl<'h> Federation<'h> {
 
     // ------------------------------------------------------------ reads
 
+    /// `tern rotate status --output json` through coordinator `i`.
+    pub fn rotate_status(&self, i: usize) -> anyhow::Result<serde_json::Value> {
+        let out = run_bounded(
+            self.admin
+                .cmd(&self.nodes[i].grpc())
+                .args(["rotate", "status", "--output", "json"]),
+            CLI_DEADLINE,
+        )?;
+        serde_json::from_slice(&out.stdout).context("parsing `tern rotate status --output json`")
+    }
+
+    /// The newest rotation of `subject` (e.g. `transport:1`,
+    /// `federation:eu`), as coordinator `i` shows it.
+    pub fn rotation_of(
+        &self,
+        i: usize,
+        subject: &str,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        let s = self.rotate_status(i)?;
+        Ok(s["rotations"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["subject"] == subject).cloned()))
+    }
+
     /// `tern status --output json` from coordinator `i`.
     pub fn status_from(&self, i: usize) -> anyhow::Result<serde_json::Value> {
         status(&self.admin, &self.nodes[i].grpc())
