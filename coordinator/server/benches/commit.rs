@@ -5,6 +5,9 @@
 //! three runs, into bench/reports/commit.md.
 //!
 //! Run: cargo bench -p tern-coordinator --bench commit
+//!
+//! `TERN_COMMIT_BENCH_ONLY=SUBSTRING` runs only the scenarios whose name
+//! contains it and writes no report (for before/after experiments).
 
 use std::time::{Duration, Instant};
 
@@ -84,12 +87,16 @@ async fn main() -> anyhow::Result<()> {
     // Warm up channels, the SQLite caches and the proposer.
     scenario(&cluster, leader, 8, 50, "warm").await?;
 
+    let only = std::env::var("TERN_COMMIT_BENCH_ONLY").ok();
     let mut rows = Vec::new();
     for (name, target, clients, per) in [
         ("1 client -> leader", leader, 1usize, 1000usize),
         ("64 clients -> leader", leader, 64, 250),
         ("64 clients -> follower (forwarded)", follower, 64, 100),
     ] {
+        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         let mut runs = Vec::new();
         for r in 0..3 {
             let run = scenario(
@@ -119,6 +126,10 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     cluster.shutdown().await;
+    if only.is_some() {
+        println!("{}", rows.join("\n"));
+        return Ok(());
+    }
 
     let date =
         time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;

@@ -27,6 +27,16 @@ const SYNCHRONOUS_FULL: i64 = 2;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// The writer's durability level (see [`Db::set_sync`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// `synchronous = NORMAL`: committed in order, fsynced by the next
+    /// `Full` commit.
+    Relaxed,
+    /// `synchronous = FULL`: fsynced before the commit returns.
+    Full,
+}
+
 /// The open database: the writer and the readers.
 pub(crate) struct Db {
     path: PathBuf,
@@ -58,10 +68,13 @@ impl Db {
             source,
         };
 
+        // Statement journals (every multi-row upsert inside a transaction
+        // needs one) stay in memory instead of spilling to temporary files.
         let base = SqliteConnectOptions::new()
             .filename(&path)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(false);
+            .foreign_keys(false)
+            .pragma("temp_store", "memory");
 
         // The writer comes out of a one-connection pool only because sqlx's
         // migrator needs a pool (or an `Acquire` impl general enough for a
@@ -138,6 +151,31 @@ impl Db {
     /// The one writer connection. Hold it for exactly one transaction.
     pub(crate) async fn writer(&self) -> MutexGuard<'_, SqliteConnection> {
         self.writer.lock().await
+    }
+
+    /// Runs on the writer `PRAGMA synchronous = NORMAL` (`Relaxed`) or
+    /// `FULL` (`Full`, the default). Only the state machine relaxes it, for
+    /// one transaction at a time, and restores `FULL` right after, whether
+    /// the transaction committed or not.
+    ///
+    /// Why relaxing is safe there: in WAL mode a `NORMAL` commit is written
+    /// to the WAL but not fsynced on its own; the next `FULL` commit's fsync
+    /// (of the same file) makes it durable, and crash recovery keeps a prefix
+    /// of the committed transactions. The state machine's rows are derived
+    /// from the Raft log, which is only ever written `FULL`: a crash can
+    /// lose applies (never half of one, never one without the log entries
+    /// that produced it), and openraft re-applies them from the log at
+    /// start. Log entries are purged only in a `FULL` transaction, which
+    /// makes every earlier apply durable first.
+    pub(crate) async fn set_sync(
+        conn: &mut SqliteConnection,
+        sync: Durability,
+    ) -> Result<(), sqlx::Error> {
+        let sql = match sync {
+            Durability::Relaxed => "PRAGMA synchronous = NORMAL",
+            Durability::Full => "PRAGMA synchronous = FULL",
+        };
+        sqlx::query(sql).execute(conn).await.map(|_| ())
     }
 
     /// The read-only pool. It sees every transaction the writer committed.

@@ -19,7 +19,7 @@ use sqlx::Connection;
 use super::codec::{
     self, read_meta, write_meta, CodecError, MetaTable, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE,
 };
-use super::db::Db;
+use super::db::{Db, Durability};
 use super::StoreError;
 use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -84,6 +84,17 @@ impl LogStore {
             }
         }
         Ok(LogStore { db })
+    }
+
+    /// `PRAGMA synchronous` of the writer connection (2 is FULL).
+    #[cfg(test)]
+    pub(crate) async fn writer_synchronous(&self) -> i64 {
+        let mut conn = self.db.writer().await;
+        let (v,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("PRAGMA synchronous reads");
+        v
     }
 
     async fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
@@ -216,11 +227,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
+    /// Not fsynced on its own (see `Db::set_sync`): the committed pointer
+    /// only spares re-applying on restart, and being written before the
+    /// applies it allows, it is on disk whenever they are.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut conn = self.db.writer().await;
-        write_meta(&mut *conn, MetaTable::Raft, KEY_COMMITTED, &committed)
-            .await
-            .map_err(|e| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Write, &e).into())
+        let result: Result<(), CodecError> = async {
+            Db::set_sync(&mut conn, Durability::Relaxed).await?;
+            let written = write_meta(&mut *conn, MetaTable::Raft, KEY_COMMITTED, &committed).await;
+            let restored = Db::set_sync(&mut conn, Durability::Full).await;
+            written?;
+            restored?;
+            Ok(())
+        }
+        .await;
+        result.map_err(|e| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Write, &e).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, watch};
 use super::codec::{
     self, read_meta, write_meta, CodecError, MetaTable, KEY_LAST_APPLIED, KEY_LAST_MEMBERSHIP,
 };
-use super::db::Db;
+use super::db::{Db, Durability};
 use super::StoreError;
 use crate::raft::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -458,11 +458,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // memory does.
         let mut conn = self.inner.db.writer().await;
         let (responses, rows, ptr) = self.apply_in_memory(&entries)?;
+        // Not fsynced on its own: see `Db::set_sync` for why that is safe.
         let result: Result<(), CodecError> = async {
-            let mut tx = conn.begin().await?;
-            write_rows(&mut tx, &rows).await?;
-            write_pointers(&mut tx, &ptr).await?;
-            tx.commit().await?;
+            Db::set_sync(&mut conn, Durability::Relaxed).await?;
+            let written: Result<(), CodecError> = async {
+                let mut tx = conn.begin().await?;
+                write_rows(&mut tx, &rows).await?;
+                write_pointers(&mut tx, &ptr).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+            .await;
+            let restored = Db::set_sync(&mut conn, Durability::Full).await;
+            written?;
+            restored?;
             Ok(())
         }
         .await;

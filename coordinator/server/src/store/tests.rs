@@ -564,3 +564,36 @@ async fn limited_reads_are_bounded_prefixes() {
         "unbounded read"
     );
 }
+
+// Property: the state machine's applies and the committed pointer are
+// written with `synchronous=NORMAL`, but the shared writer connection is
+// back at FULL after each of them, so the next log append, vote or purge is
+// fsynced before it returns (what Raft's safety needs); and what they wrote
+// reads back after reopening.
+#[tokio::test]
+async fn relaxed_writes_restore_full_durability() {
+    const FULL: i64 = 2;
+    let dir = TempDir::new().expect("tempdir");
+    let (mut log, mut sm) = open(dir.path()).await.expect("store opens");
+    assert_eq!(log.writer_synchronous().await, FULL, "opens at FULL");
+    let entries = sample_log();
+    log.blocking_append(entries.clone())
+        .await
+        .expect("entries appended");
+    log.save_committed(Some(entries[3].log_id))
+        .await
+        .expect("committed saved");
+    assert_eq!(log.writer_synchronous().await, FULL, "after save_committed");
+    sm.apply(entries[..4].to_vec()).await.expect("applied");
+    assert_eq!(log.writer_synchronous().await, FULL, "after apply");
+    let state = state_of(&sm);
+    drop((log, sm));
+
+    let (mut log, sm) = reopen(dir.path()).await;
+    assert_eq!(log.writer_synchronous().await, FULL, "reopens at FULL");
+    assert_eq!(state_of(&sm), state);
+    assert_eq!(
+        log.read_committed().await.expect("committed reads"),
+        Some(entries[3].log_id)
+    );
+}
