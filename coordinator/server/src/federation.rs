@@ -172,9 +172,7 @@ async fn step(coord: &Coordinator, client: Option<&RegionClient>, memory: &mut M
 }
 
 async fn propose(coord: &Coordinator, command: Command) -> bool {
-    let Ok(request_id) = uuid::Uuid::new_v4().to_string().parse() else {
-        return false;
-    };
+    let request_id = crate::ops::new_request_id();
     let what = command.kind();
     let p = Proposal {
         request_id,

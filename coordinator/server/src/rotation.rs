@@ -137,9 +137,7 @@ pub async fn step(coord: &Coordinator) {
 }
 
 async fn propose(coord: &Coordinator, actor: String, op: RotateOp) -> bool {
-    let Ok(request_id) = uuid::Uuid::new_v4().to_string().parse() else {
-        return false;
-    };
+    let request_id = crate::ops::new_request_id();
     let what = format!("{op:?}");
     let p = Proposal {
         request_id,

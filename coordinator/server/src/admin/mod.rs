@@ -51,10 +51,7 @@ fn require_admin<T>(req: &Request<T>) -> Result<String, Status> {
 
 fn request_id(s: &str) -> Result<RequestId, ApiError> {
     if s.is_empty() {
-        return uuid::Uuid::new_v4()
-            .to_string()
-            .parse()
-            .map_err(|e| ApiError::Internal(format!("{e}")));
+        return Ok(crate::ops::new_request_id());
     }
     s.parse()
         .map_err(|e| ApiError::Invalid(format!("request_id: {e}")))

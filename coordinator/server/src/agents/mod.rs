@@ -134,10 +134,7 @@ pub fn spawn(coord: Arc<Coordinator>, region_client: Option<RegionClient>) {
 
 /// Proposes one command as this node (wherever the leader is).
 pub(crate) async fn propose(coord: &Coordinator, command: Command) -> Result<OpReply, ApiError> {
-    let request_id = uuid::Uuid::new_v4()
-        .to_string()
-        .parse()
-        .map_err(|e| ApiError::Internal(format!("request id: {e}")))?;
+    let request_id = crate::ops::new_request_id();
     let p = Proposal {
         request_id,
         actor: format!("node:{}", coord.config.node_id),

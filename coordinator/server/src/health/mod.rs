@@ -268,9 +268,7 @@ async fn refresh_trust_bundle(coord: &Coordinator, prober: &Prober, timeout: Dur
     if current.as_deref() == Some(sha256.as_str()) {
         return Duration::from_secs(30);
     }
-    let Ok(request_id) = uuid::Uuid::new_v4().to_string().parse() else {
-        return Duration::from_secs(30);
-    };
+    let request_id = crate::ops::new_request_id();
     let p = Proposal {
         request_id,
         actor: format!("node:{}", coord.config.node_id),
@@ -436,9 +434,7 @@ async fn leader_loop(coord: Arc<Coordinator>) {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some((now, eval));
         for command in proposals {
-            let Ok(request_id) = uuid::Uuid::new_v4().to_string().parse() else {
-                continue;
-            };
+            let request_id = crate::ops::new_request_id();
             let kind = command.kind();
             let p = Proposal {
                 request_id,
