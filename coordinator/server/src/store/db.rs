@@ -154,9 +154,9 @@ impl Db {
     }
 
     /// Runs on the writer `PRAGMA synchronous = NORMAL` (`Relaxed`) or
-    /// `FULL` (`Full`, the default). Only the state machine relaxes it, for
-    /// one transaction at a time, and restores `FULL` right after, whether
-    /// the transaction committed or not.
+    /// `FULL` (`Full`, the default). Only the state machine's applies and
+    /// the committed pointer relax it, for one transaction at a time, and
+    /// restore `FULL` right after, whether the transaction committed or not.
     ///
     /// Why relaxing is safe there: in WAL mode a `NORMAL` commit is written
     /// to the WAL but not fsynced on its own; the next `FULL` commit's fsync
