@@ -8,8 +8,7 @@
 //! returns, `log_io_completed` only after the commit's fsync, state rows and
 //! `last_applied` in one transaction per `apply`; applies and the committed
 //! pointer alone may skip their own fsync: see `db::Db::set_sync`), and the
-//! in-memory copy of
-//! the replicated state that status handlers read.
+//! in-memory copy of the replicated state that status handlers read.
 //!
 //! It must not decide anything: what an entry changes is
 //! `tern_core::ReplicatedState::apply`'s business, and which rows changed is
