@@ -30,14 +30,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tern_core::{
-    Command, FederationPins, MemberRole, Peer, Phase, PinSubject, Proposal, RegionName, RotateOp,
-    Rotation, Thumbprint,
+    Command, FederationPins, MemberRole, Peer, Phase, PinSubject, RegionName, RotateOp, Rotation,
+    Thumbprint,
 };
 use tracing::{debug, info, warn};
 
 use crate::agents::contract::{PeerPins, PinsRequest, RegionClient};
 use crate::node::Coordinator;
-use crate::ops::AdminOp;
 use crate::tls::Identity;
 
 /// How often the loop looks at the files and the committed state.
@@ -172,23 +171,12 @@ async fn step(coord: &Coordinator, client: Option<&RegionClient>, memory: &mut M
 }
 
 async fn propose(coord: &Coordinator, command: Command) -> bool {
-    let request_id = crate::ops::new_request_id();
     let what = command.kind();
-    let p = Proposal {
-        request_id,
-        actor: format!("node:{}", coord.config.node_id),
-        command,
-    };
-    match coord.submit(AdminOp::Propose { proposals: vec![p] }).await {
-        Ok(reply) => match reply.outcomes.first() {
-            Some(tern_core::Outcome::Rejected { reason }) => {
-                debug!(target: "federation", what, reason = %reason, "federation step refused");
-                false
-            }
-            _ => true,
-        },
-        Err(e) => {
-            debug!(target: "federation", what, error = %e, "federation step not committed");
+    let actor = format!("node:{}", coord.config.node_id);
+    match coord.propose_step(actor, command).await {
+        Ok(()) => true,
+        Err(why) => {
+            debug!(target: "federation", what, why, "federation step not applied");
             false
         }
     }

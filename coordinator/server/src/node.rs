@@ -118,6 +118,25 @@ impl Coordinator {
         self.raft.metrics().borrow().current_leader == Some(self.config.node_id)
     }
 
+    /// Proposes one command under `actor`, for the background loops (which
+    /// log a failure and try again later): `Ok` when it applied (or was a
+    /// duplicate), otherwise why not (refused by the state machine, or not
+    /// committed).
+    pub(crate) async fn propose_step(&self, actor: String, command: Command) -> Result<(), String> {
+        let p = Proposal {
+            request_id: crate::ops::new_request_id(),
+            actor,
+            command,
+        };
+        match self.submit(AdminOp::Propose { proposals: vec![p] }).await {
+            Ok(reply) => match reply.outcomes.first() {
+                Some(Outcome::Rejected { reason }) => Err(format!("refused: {reason}")),
+                _ => Ok(()),
+            },
+            Err(e) => Err(format!("not committed: {e}")),
+        }
+    }
+
     /// Runs an operation on the leader: here if this node leads, otherwise
     /// forwarded. One retry when leadership moved during the call.
     pub async fn submit(&self, op: AdminOp) -> Result<OpReply, ApiError> {

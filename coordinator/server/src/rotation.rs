@@ -25,12 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tern_core::{
-    Command, Peer, Phase, PinSubject, Proposal, RotateOp, Rotation, Thumbprint, AUTOMATION_ACTOR,
+    Command, Peer, Phase, PinSubject, RotateOp, Rotation, Thumbprint, AUTOMATION_ACTOR,
 };
 use tracing::{debug, info, warn};
 
 use crate::node::Coordinator;
-use crate::ops::AdminOp;
 use crate::tls::{CaBundle, Identity, TlsFiles, TlsServer};
 
 /// How often the loop looks at the files and the committed rotations.
@@ -137,23 +136,11 @@ pub async fn step(coord: &Coordinator) {
 }
 
 async fn propose(coord: &Coordinator, actor: String, op: RotateOp) -> bool {
-    let request_id = crate::ops::new_request_id();
     let what = format!("{op:?}");
-    let p = Proposal {
-        request_id,
-        actor,
-        command: Command::Rotate { op },
-    };
-    match coord.submit(AdminOp::Propose { proposals: vec![p] }).await {
-        Ok(reply) => match reply.outcomes.first() {
-            Some(tern_core::Outcome::Rejected { reason }) => {
-                debug!(target: "rotation", step = %what, reason = %reason, "rotation step refused");
-                false
-            }
-            _ => true,
-        },
-        Err(e) => {
-            debug!(target: "rotation", step = %what, error = %e, "rotation step not committed");
+    match coord.propose_step(actor, Command::Rotate { op }).await {
+        Ok(()) => true,
+        Err(why) => {
+            debug!(target: "rotation", step = %what, why, "rotation step not applied");
             false
         }
     }
