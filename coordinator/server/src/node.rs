@@ -424,6 +424,8 @@ pub async fn run(
     let state = sm_store.state();
     let applied = sm_store.applied();
     let changes = sm_store.changes();
+    // Kept to write the last applied rows to the file on the way out.
+    let sm_closer = sm_store.clone();
 
     let files = TlsFiles {
         ca: config.ca_file.clone(),
@@ -579,6 +581,9 @@ pub async fn run(
     info!(parent: &span, "shutting down");
     if let Err(e) = raft.shutdown().await {
         warn!(parent: &span, error = %e, "raft shutdown");
+    }
+    if let Err(e) = sm_closer.flush().await {
+        warn!(parent: &span, error = %e, "writing the applied state on shutdown");
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;

@@ -154,9 +154,10 @@ impl Db {
     }
 
     /// Runs on the writer `PRAGMA synchronous = NORMAL` (`Relaxed`) or
-    /// `FULL` (`Full`, the default). Only the state machine's applies and
-    /// the committed pointer relax it, for one transaction at a time, and
-    /// restore `FULL` right after, whether the transaction committed or not.
+    /// `FULL` (`Full`, the default). Only the state machine's flushes of
+    /// applied rows and the committed pointer relax it, for one transaction
+    /// at a time, and restore `FULL` right after, whether the transaction
+    /// committed or not.
     ///
     /// Why relaxing is safe there: in WAL mode a `NORMAL` commit is written
     /// to the WAL but not fsynced on its own; the next `FULL` commit's fsync
@@ -165,8 +166,9 @@ impl Db {
     /// from the Raft log, which is only ever written `FULL`: a crash can
     /// lose applies (never half of one, never one without the log entries
     /// that produced it), and openraft re-applies them from the log at
-    /// start. Log entries are purged only in a `FULL` transaction, which
-    /// makes every earlier apply durable first.
+    /// start. Log entries are purged only up to the stored snapshot, whose
+    /// `FULL` transaction also carries every apply up to it, and only in a
+    /// `FULL` transaction, which makes every earlier flush durable first.
     pub(crate) async fn set_sync(
         conn: &mut SqliteConnection,
         sync: Durability,

@@ -5,10 +5,12 @@
 //!
 //! It owns the on-disk layout (the migrations in `migrations/sqlite`), the
 //! durability rules Raft depends on (vote durable before `save_vote`
-//! returns, `log_io_completed` only after the commit's fsync, state rows and
-//! `last_applied` in one transaction per `apply`; applies and the committed
-//! pointer alone may skip their own fsync: see `db::Db::set_sync`), and the
-//! in-memory copy of the replicated state that status handlers read.
+//! returns, `log_io_completed` only after the commit's fsync, state rows
+//! written behind the applies but always together with the `last_applied`
+//! they match, never behind the stored snapshot; state-machine flushes and
+//! the committed pointer alone may skip their own fsync: see
+//! `db::Db::set_sync`), and the in-memory copy of the replicated state that
+//! status handlers read.
 //!
 //! It must not decide anything: what an entry changes is
 //! `tern_core::ReplicatedState::apply`'s business, and which rows changed is

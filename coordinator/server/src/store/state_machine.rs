@@ -3,20 +3,31 @@
 //! `sm_rows`, its pointers (`last_applied`, `last_membership`) in `sm_meta`,
 //! and the current snapshot in `snapshot`.
 //!
-//! Each `apply` call is one transaction: the rows `take_dirty` names, and
-//! the new pointers, together. `install_snapshot` rewrites every row, the
+//! `apply` changes the memory only and records which rows it changed; the
+//! file follows in the background (write-behind): every `FLUSH_INTERVAL`,
+//! or at once when `FLUSH_ROWS` rows wait, one transaction writes the
+//! current value of every row changed since the last flush together with
+//! the pointers they lead to, so the file always holds the state as of
+//! some applied log id, never a mix. Many entries share one transaction
+//! and a row changed by many of them is written once. What a crash loses
+//! is only applies newer than the file's `last_applied`, and openraft
+//! re-applies those from the log at start (see `Db::set_sync`).
+//! `build_snapshot` flushes in the same transaction that stores the
+//! snapshot, so the file is never behind the stored snapshot (log entries
+//! are purged only up to it). `install_snapshot` rewrites every row, the
 //! pointers and the stored snapshot in one transaction, then swaps the
-//! in-memory state. It must not interpret commands (the core's `apply`
-//! does) nor write the log's tables.
+//! in-memory state and forgets the rows that waited. It must not interpret
+//! commands (the core's `apply` does) nor write the log's tables.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotId, StorageIOError};
 use sqlx::{Connection, SqliteConnection};
-use tern_core::{BatchResponse, ReplicatedState};
+use tern_core::{BatchResponse, ReplicatedState, RowKey};
 use tokio::sync::{broadcast, watch};
 
 use super::codec::{
@@ -43,22 +54,43 @@ struct Shared {
     /// Updated only while `state`'s write lock is held, so a reader holding
     /// `state`'s read lock sees pointers that match the state.
     pointers: Mutex<Pointers>,
+    /// What the file lacks. Updated only while `state`'s lock is held (the
+    /// write lock by `apply`, the read lock by a flush).
+    unflushed: Mutex<Unflushed>,
     applied_tx: watch::Sender<Option<LogId>>,
     /// What each apply changed (sent after `applied_tx`).
     changes_tx: broadcast::Sender<Arc<Changes>>,
     /// Makes snapshot ids unique within this process.
     snapshot_seq: AtomicU64,
-    /// Set when the in-memory state may be ahead of the file (a failed
-    /// apply transaction). Openraft stops the node on a storage error; this
-    /// keeps the store from building snapshots of unpersisted state meanwhile.
+    /// Whether the periodic flush runs (tests turn it off to stand for a
+    /// crash between flushes).
+    background_flush: AtomicBool,
+    /// Set when a write of applied rows failed: the file can no longer
+    /// catch up with the memory. The next `apply` fails (openraft then stops
+    /// the node) and no snapshot is built of unpersisted state meanwhile.
     failed: AtomicBool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Pointers {
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
 }
+
+/// The difference between the memory and the file.
+#[derive(Debug, Default)]
+struct Unflushed {
+    /// Rows changed in memory since the last flush.
+    rows: BTreeSet<RowKey>,
+    /// The pointers the file holds (as of the last flush or install).
+    written: Pointers,
+}
+
+/// How often applied rows are written to the file.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Rows waiting that make `apply` flush at once (bounds the memory and the
+/// length of one flush transaction).
+const FLUSH_ROWS: usize = 20_000;
 
 /// Tables whose rows an agent's directive is not built from (beyond the
 /// agent's own row): a change confined to these and to agent rows wakes
@@ -79,13 +111,13 @@ pub struct Changes {
 }
 
 impl Changes {
-    fn of(rows: &[RowChange]) -> Changes {
+    fn of(rows: &[RowKey]) -> Changes {
         let mut c = Changes::default();
-        for (table, key, _) in rows {
-            if *table == "agent" {
-                c.agents.push(key.clone());
-            } else if !NOT_SHARED.contains(table) {
-                c.everything = true;
+        for row in rows {
+            match row {
+                RowKey::Agent(id) => c.agents.push(id.clone()),
+                other if !NOT_SHARED.contains(&other.table()) => c.everything = true,
+                _ => {}
             }
         }
         c
@@ -151,29 +183,108 @@ impl StateMachineStore {
 
         let (applied_tx, _) = watch::channel(last_applied);
         let (changes_tx, _) = broadcast::channel(CHANGES_CAPACITY);
-        Ok(StateMachineStore {
-            inner: Arc::new(Shared {
-                db,
-                state: Arc::new(RwLock::new(state)),
-                pointers: Mutex::new(Pointers {
-                    last_applied,
-                    last_membership,
-                }),
-                applied_tx,
-                changes_tx,
-                snapshot_seq: AtomicU64::new(0),
-                failed: AtomicBool::new(false),
+        let pointers = Pointers {
+            last_applied,
+            last_membership,
+        };
+        let inner = Arc::new(Shared {
+            db,
+            state: Arc::new(RwLock::new(state)),
+            pointers: Mutex::new(pointers.clone()),
+            unflushed: Mutex::new(Unflushed {
+                rows: BTreeSet::new(),
+                written: pointers,
             }),
-        })
+            applied_tx,
+            changes_tx,
+            snapshot_seq: AtomicU64::new(0),
+            background_flush: AtomicBool::new(true),
+            failed: AtomicBool::new(false),
+        });
+        tokio::spawn(flush_periodically(Arc::downgrade(&inner)));
+        Ok(StateMachineStore { inner })
+    }
+
+    /// Writes every applied row the file lacks, and the pointers, in one
+    /// transaction. The coordinator calls it when it stops; it also runs
+    /// every `FLUSH_INTERVAL` on its own. A failure marks the store failed.
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        self.flush_unless_paused(false).await
+    }
+
+    /// Stops the periodic flush, including one already waiting for the
+    /// writer: from now on the file changes only through `flush`, snapshots
+    /// and installs, as if the process could crash at any moment.
+    #[cfg(test)]
+    pub(crate) fn pause_background_flush(&self) {
+        self.inner.background_flush.store(false, Ordering::Release);
+    }
+
+    async fn flush_unless_paused(&self, background: bool) -> Result<(), StorageError> {
+        let mut conn = self.inner.db.writer().await;
+        if background && !self.inner.background_flush.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.check_healthy()?;
+        let Some((rows, ptr)) = self.take_unflushed()? else {
+            return Ok(());
+        };
+        // Not fsynced on its own: see `Db::set_sync` for why that is safe.
+        let result: Result<(), CodecError> = async {
+            Db::set_sync(&mut conn, Durability::Relaxed).await?;
+            let written: Result<(), CodecError> = async {
+                let mut tx = conn.begin().await?;
+                write_rows(&mut tx, &rows).await?;
+                write_pointers(&mut tx, &ptr).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+            .await;
+            let restored = Db::set_sync(&mut conn, Durability::Full).await;
+            written?;
+            restored?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.inner.failed.store(true, Ordering::Release);
+            tracing::error!(
+                error = %e,
+                "cannot write applied state to the Raft store; the node must restart"
+            );
+            return Err(StorageIOError::write_state_machine(&e).into());
+        }
+        Ok(())
+    }
+
+    /// Takes what the file lacks: the current value of every row changed
+    /// since the last flush and the pointers they lead to, read together
+    /// under the state's read lock. `None` when the file is up to date.
+    /// The caller holds the writer and must write what it takes.
+    fn take_unflushed(&self) -> Result<Option<(Vec<RowChange>, Pointers)>, SmError> {
+        let state = self.inner.state.read().map_err(|_| SmError::Poisoned)?;
+        let ptr = self.pointers()?;
+        let mut unflushed = self.inner.unflushed.lock().map_err(|_| SmError::Poisoned)?;
+        if unflushed.rows.is_empty() && unflushed.written == ptr {
+            return Ok(None);
+        }
+        let rows = std::mem::take(&mut unflushed.rows)
+            .into_iter()
+            .map(|k| {
+                let val = state.row_value(&k);
+                (k.table(), k.key(), val)
+            })
+            .collect();
+        unflushed.written = ptr.clone();
+        Ok(Some((rows, ptr)))
     }
 
     /// Shared read handle on the live replicated state (read by admin/status
     /// handlers, never written outside apply/install).
     ///
-    /// During an `apply` the in-memory state is updated just before its
-    /// transaction commits; `applied()` moves only after the commit, so a
-    /// reader that needs durable state waits on `applied()` first. Hold the
-    /// read lock briefly: `apply` waits for it.
+    /// What it shows is applied (committed in the Raft log, hence durable
+    /// there), though the state machine's own file may lag it by up to
+    /// `FLUSH_INTERVAL`. Hold the read lock briefly: `apply` waits for it.
     pub fn state(&self) -> Arc<RwLock<ReplicatedState>> {
         self.inner.state.clone()
     }
@@ -203,13 +314,14 @@ impl StateMachineStore {
             .map_err(|_| SmError::Poisoned)
     }
 
-    /// Applies entries to the in-memory state; returns the responses, the
-    /// row changes and the new pointers. Holds the state's write lock only
-    /// for the computation, never across an await.
+    /// Applies entries to the in-memory state and records the changed rows
+    /// as unflushed; returns the responses, the changed rows, the new
+    /// pointers and how many rows wait for the file. Holds the state's write
+    /// lock only for the computation, never across an await.
     fn apply_in_memory(
         &self,
         entries: &[Entry],
-    ) -> Result<(Vec<BatchResponse>, Vec<RowChange>, Pointers), SmError> {
+    ) -> Result<(Vec<BatchResponse>, Vec<RowKey>, Pointers, usize), SmError> {
         let mut state = self.inner.state.write().map_err(|_| SmError::Poisoned)?;
         let mut ptr = self.inner.pointers.lock().map_err(|_| SmError::Poisoned)?;
         let mut responses = Vec::with_capacity(entries.len());
@@ -225,23 +337,24 @@ impl StateMachineStore {
             ptr.last_applied = Some(entry.log_id);
             responses.push(response);
         }
-        let rows = state
-            .take_dirty()
-            .into_iter()
-            .map(|k| {
-                let val = state.row_value(&k);
-                (k.table(), k.key(), val)
-            })
-            .collect();
-        Ok((responses, rows, ptr.clone()))
+        let rows = state.take_dirty();
+        let mut unflushed = self.inner.unflushed.lock().map_err(|_| SmError::Poisoned)?;
+        unflushed.rows.extend(rows.iter().cloned());
+        Ok((responses, rows, ptr.clone(), unflushed.rows.len()))
     }
 
-    /// Replaces the in-memory state and pointers (after the file has them).
+    /// Replaces the in-memory state and pointers with what the file has
+    /// just been given whole: nothing is unflushed any more.
     fn swap_in(&self, state: ReplicatedState, pointers: Pointers) -> Result<(), SmError> {
         let mut live = self.inner.state.write().map_err(|_| SmError::Poisoned)?;
         let mut ptr = self.inner.pointers.lock().map_err(|_| SmError::Poisoned)?;
+        let mut unflushed = self.inner.unflushed.lock().map_err(|_| SmError::Poisoned)?;
         *live = state;
-        *ptr = pointers;
+        *ptr = pointers.clone();
+        *unflushed = Unflushed {
+            rows: BTreeSet::new(),
+            written: pointers,
+        };
         Ok(())
     }
 
@@ -271,6 +384,24 @@ enum SmError {
 impl From<SmError> for StorageError {
     fn from(e: SmError) -> Self {
         StorageIOError::write_state_machine(&e).into()
+    }
+}
+
+/// Flushes the store every `FLUSH_INTERVAL` until it is dropped.
+async fn flush_periodically(store: Weak<Shared>) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let store = StateMachineStore { inner };
+        if store.check_healthy().is_err() {
+            continue;
+        }
+        // A failure is logged and marks the store failed inside.
+        let _ = store.flush_unless_paused(true).await;
     }
 }
 
@@ -411,15 +542,27 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let data = codec::encode_snapshot(&meta, &state).map_err(|e| write_err(&e))?;
         drop(state);
 
+        // The rows the file lacks go in the same (fsynced) transaction: the
+        // file is then at or past the snapshot, which the log may soon be
+        // purged up to.
         let stored = {
             let mut conn = self.inner.db.writer().await;
+            self.check_healthy()?;
+            let unflushed = self.take_unflushed()?;
             let result: Result<bool, CodecError> = async {
                 let mut tx = conn.begin().await?;
+                if let Some((rows, ptr)) = &unflushed {
+                    write_rows(&mut tx, rows).await?;
+                    write_pointers(&mut tx, ptr).await?;
+                }
                 let stored = store_snapshot(&mut tx, &meta, &data, true).await?;
                 tx.commit().await?;
                 Ok(stored)
             }
             .await;
+            if result.is_err() && unflushed.is_some() {
+                self.inner.failed.store(true, Ordering::Release);
+            }
             result.map_err(|e| write_err(&e))?
         };
         if !stored {
@@ -449,36 +592,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let Some(last) = entries.last().map(|e| e.log_id) else {
+        if entries.is_empty() {
             return Ok(Vec::new());
-        };
-        self.check_healthy()?;
-
-        // Take the writer first so the file sees applies in the order the
-        // memory does.
-        let mut conn = self.inner.db.writer().await;
-        let (responses, rows, ptr) = self.apply_in_memory(&entries)?;
-        // Not fsynced on its own: see `Db::set_sync` for why that is safe.
-        let result: Result<(), CodecError> = async {
-            Db::set_sync(&mut conn, Durability::Relaxed).await?;
-            let written: Result<(), CodecError> = async {
-                let mut tx = conn.begin().await?;
-                write_rows(&mut tx, &rows).await?;
-                write_pointers(&mut tx, &ptr).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-            .await;
-            let restored = Db::set_sync(&mut conn, Durability::Full).await;
-            written?;
-            restored?;
-            Ok(())
         }
-        .await;
-        drop(conn);
-        if let Err(e) = result {
-            self.inner.failed.store(true, Ordering::Release);
-            return Err(StorageIOError::apply(last, &e).into());
+        self.check_healthy()?;
+        let (responses, rows, ptr, waiting) = self.apply_in_memory(&entries)?;
+        if waiting >= FLUSH_ROWS {
+            self.flush().await?;
         }
         self.inner.applied_tx.send_replace(ptr.last_applied);
         // No receiver (no agent service yet) is fine.

@@ -124,7 +124,8 @@ async fn reopen(dir: &Path) -> (LogStore, StateMachineStore) {
 
 // Property: everything the store acknowledged (vote, log entries, committed
 // id, last purged id, applied id, applied membership, replicated state
-// rows) reads back identically after the store is closed and reopened.
+// rows) reads back identically after the store is flushed (as a stopping
+// coordinator does), closed and reopened.
 #[tokio::test]
 async fn reopen_restores_every_acknowledged_write() {
     let dir = TempDir::new().expect("tempdir");
@@ -187,6 +188,7 @@ async fn reopen_restores_every_acknowledged_write() {
         Some("bye")
     );
     let applied_before = sm.applied_state().await.expect("applied state");
+    sm.flush().await.expect("flushed");
     drop((log, sm));
 
     let (mut log, mut sm) = reopen(dir.path()).await;
@@ -223,13 +225,16 @@ async fn reopen_restores_every_acknowledged_write() {
     );
 }
 
-// Property: a node that restarts with committed entries it had not applied
-// yet re-applies exactly those (through openraft's start-up path), and the
-// result is itself durable.
+// Property: applies reach the file behind the memory (write-behind); a
+// crash before they do loses nothing: the file reopens at an earlier applied
+// id with the matching rows, openraft's start-up path re-applies exactly the
+// committed entries after it, giving the state the node had, and that
+// result is itself durable once flushed.
 #[tokio::test]
-async fn restart_reapplies_up_to_committed() {
+async fn crash_before_flush_is_repaired_by_reapplying_the_log() {
     let dir = TempDir::new().expect("tempdir");
     let (mut log, mut sm) = open(dir.path()).await.expect("store opens");
+    sm.pause_background_flush();
     let entries = sample_log();
     log.blocking_append(entries.clone())
         .await
@@ -237,15 +242,31 @@ async fn restart_reapplies_up_to_committed() {
     log.save_committed(Some(log_id(2, 4)))
         .await
         .expect("committed saved");
-    sm.apply(entries[..3].to_vec())
+    sm.apply(entries[..2].to_vec())
         .await
         .expect("first entries applied");
+    sm.flush().await.expect("flushed");
+    sm.apply(entries[2..].to_vec())
+        .await
+        .expect("the rest applied");
+    let live = state_of(&sm);
+    assert_eq!(
+        sm.applied_state().await.expect("applied").0,
+        Some(log_id(2, 4))
+    );
+    // A crash: no flush since the explicit one (the periodic one is paused).
     drop((log, sm));
 
     let (mut log, mut sm) = reopen(dir.path()).await;
     assert_eq!(
         sm.applied_state().await.expect("applied").0,
-        Some(log_id(2, 2))
+        Some(log_id(1, 1)),
+        "the file holds the last flushed applies"
+    );
+    assert_eq!(
+        state_of(&sm).notes().get("motd").map(|n| n.value.as_str()),
+        Some("hello"),
+        "with the rows of exactly those"
     );
     let initial = StorageHelper::new(&mut log, &mut sm)
         .get_initial_state()
@@ -260,11 +281,8 @@ async fn restart_reapplies_up_to_committed() {
         sm.applied_state().await.expect("applied").0,
         Some(log_id(2, 4))
     );
-    let live = state_of(&sm);
-    assert_eq!(
-        live.notes().get("owner").map(|n| n.value.as_str()),
-        Some("ops")
-    );
+    assert_eq!(state_of(&sm), live, "re-applying gives the state it had");
+    sm.flush().await.expect("flushed");
     drop((log, sm));
 
     let (_log, mut sm) = reopen(dir.path()).await;
@@ -273,6 +291,76 @@ async fn restart_reapplies_up_to_committed() {
         Some(log_id(2, 4))
     );
     assert_eq!(state_of(&sm), live, "re-applied entries were persisted");
+}
+
+// Property: without any call, applied rows reach the file within a few
+// flush intervals (the background flush), so a crash long after an apply
+// has nothing to re-apply.
+#[tokio::test]
+async fn applied_rows_reach_the_file_in_the_background() {
+    let dir = TempDir::new().expect("tempdir");
+    let (_log, mut sm) = open(dir.path()).await.expect("store opens");
+    sm.apply(sample_log()).await.expect("applied");
+    let live = state_of(&sm);
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join(DB_FILE))
+        .read_only(true)
+        .connect()
+        .await
+        .expect("raw connection");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (notes,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sm_rows WHERE tbl = 'note'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        if notes == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background flush did not write the rows within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(conn);
+    // Now a crash loses nothing: the reopened file has the whole state.
+    drop((_log, sm));
+    let (_log, mut sm) = reopen(dir.path()).await;
+    assert_eq!(
+        sm.applied_state().await.expect("applied").0,
+        Some(log_id(2, 4))
+    );
+    assert_eq!(state_of(&sm), live);
+}
+
+// Property: building a snapshot writes every applied row the file lacked
+// in the same transaction, so the file is never behind the stored snapshot
+// (openraft purges the log up to the snapshot: a file behind it could not
+// be repaired from the log after a crash).
+#[tokio::test]
+async fn snapshot_brings_the_file_up_to_it() {
+    let dir = TempDir::new().expect("tempdir");
+    let (_log, mut sm) = open(dir.path()).await.expect("store opens");
+    sm.pause_background_flush();
+    sm.apply(sample_log()).await.expect("applied");
+    let live = state_of(&sm);
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot built");
+    // A crash right after: no flush.
+    drop((_log, sm));
+    let (_log, mut sm) = reopen(dir.path()).await;
+    let applied = sm.applied_state().await.expect("applied").0;
+    assert!(
+        applied >= snap.meta.last_log_id,
+        "file at {applied:?}, snapshot at {:?}",
+        snap.meta.last_log_id
+    );
+    assert_eq!(state_of(&sm), live);
 }
 
 // Property: a snapshot built on one store and installed into another
@@ -365,6 +453,7 @@ async fn snapshot_transfer_round_trips_and_survives_reopen() {
         .await
         .expect("apply");
     let expected = state_of(&follower);
+    follower.flush().await.expect("flushed");
     drop((_log, follower));
     let (_log, follower) = reopen(follower_dir.path()).await;
     assert_eq!(
@@ -565,7 +654,7 @@ async fn limited_reads_are_bounded_prefixes() {
     );
 }
 
-// Property: the state machine's applies and the committed pointer are
+// Property: the state machine's flushes and the committed pointer are
 // written with `synchronous=NORMAL`, but the shared writer connection is
 // back at FULL after each of them, so the next log append, vote or purge is
 // fsynced before it returns (what Raft's safety needs); and what they wrote
@@ -585,7 +674,8 @@ async fn relaxed_writes_restore_full_durability() {
         .expect("committed saved");
     assert_eq!(log.writer_synchronous().await, FULL, "after save_committed");
     sm.apply(entries[..4].to_vec()).await.expect("applied");
-    assert_eq!(log.writer_synchronous().await, FULL, "after apply");
+    sm.flush().await.expect("flushed");
+    assert_eq!(log.writer_synchronous().await, FULL, "after a flush");
     let state = state_of(&sm);
     drop((log, sm));
 
