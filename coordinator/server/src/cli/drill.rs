@@ -602,7 +602,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
             })
             .collect(),
         detail: detail.clone(),
-        request_id: uuid::Uuid::now_v7().to_string(),
+        request_id: crate::ops::new_request_id().to_string(),
     };
     let recorded = drill.record(&rec).await;
     if quiet {
